@@ -1,0 +1,204 @@
+"""Hugging Face checkpoint directory <-> `model.Transformer`, strict and shape-checked, safetensors only.
+
+A checkpoint directory holds config.json and either model.safetensors or a sharded
+model.safetensors.index.json. Our parameter names are HF's minus the leading "model.", so loading is a
+rename plus a strict `load_state_dict`; every missing, unexpected or mis-shaped tensor is named in one error.
+`save_model` writes the reverse, with an explicit head_dim (a RED student has head_dim != width / heads), and
+copies tokenizer and generation files from the teacher so `transformers` and tokenizer.py load the result.
+
+Builds on model.py. Run as: python load_weights.py --model DIR   (loads, checks and summarises a checkpoint)
+"""
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from model import ConfigError, ModelArgs, Transformer, rope_inv_freq
+
+# files that describe the tokenizer and decoding, copied verbatim from the teacher into a saved student
+SIDE_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
+              "generation_config.json", "tokenizer.model", "vocab.json", "merges.txt", "added_tokens.json")
+
+
+class LoadError(ValueError):
+    """A checkpoint that cannot be loaded; the message names the file and what to do."""
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Reading
+
+def read_config(path: str) -> tuple[dict, ModelArgs]:
+    """config.json of checkpoint directory `path` as (raw dict, ModelArgs)."""
+    if not os.path.isdir(path):
+        raise LoadError(f"{path}: no such directory - pass a Hugging Face checkpoint directory")
+    config_path = os.path.join(path, "config.json")
+    if not os.path.isfile(config_path):
+        raise LoadError(f"{config_path}: missing - a checkpoint directory needs config.json next to its weights")
+    try:
+        with open(config_path) as f:
+            cfg = json.load(f)
+        return cfg, ModelArgs.from_hf_config(cfg)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise LoadError(f"{config_path}: not valid JSON ({e}) - restore the file from the original checkpoint")
+    except ConfigError as e:
+        raise LoadError(f"{config_path}: {e}")
+    except (KeyError, TypeError) as e:
+        raise LoadError(f"{config_path}: missing or malformed field {e} - is this a causal LM config.json?")
+
+
+def weight_files(path: str) -> list[str]:
+    """The safetensors files of a checkpoint: one model.safetensors, or every shard its index names."""
+    single = os.path.join(path, "model.safetensors")
+    index = os.path.join(path, "model.safetensors.index.json")
+    if os.path.isfile(single):
+        return [single]
+    if os.path.isfile(index):
+        try:
+            with open(index) as f:
+                shards = sorted(set(json.load(f)["weight_map"].values()))
+        except (json.JSONDecodeError, KeyError, AttributeError) as e:
+            raise LoadError(f"{index}: malformed ({e}) - it needs a weight_map of tensor name -> shard file")
+        return [os.path.join(path, s) for s in shards]
+    if any(f.endswith((".bin", ".pt", ".pth")) for f in os.listdir(path)):
+        raise LoadError(f"{path}: only pickle weights (.bin/.pt) found - red reads safetensors only; convert "
+                        "with transformers: AutoModelForCausalLM.from_pretrained(d).save_pretrained(d)")
+    raise LoadError(f"{path}: no model.safetensors or model.safetensors.index.json - is the download complete?")
+
+
+def read_safetensors(files: list[str], dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
+    """Every tensor of the given safetensors files, keyed by checkpoint name."""
+    tensors = {}
+    for file in files:
+        if not os.path.isfile(file):
+            raise LoadError(f"{file}: shard named in the index is missing - re-download the checkpoint")
+        try:
+            with safe_open(file, framework="pt") as f:
+                for name in f.keys():
+                    t = f.get_tensor(name)
+                    tensors[name] = t.to(dtype) if dtype is not None and t.is_floating_point() else t
+        except Exception as e:  # safetensors raises its own error types for truncated or corrupt headers
+            raise LoadError(f"{file}: unreadable safetensors ({type(e).__name__}: {str(e)[:120]}) - "
+                            "the file is truncated or corrupt; re-download or re-save it")
+    return tensors
+
+
+def checkpoint_to_ours(tensors: dict[str, torch.Tensor], args: ModelArgs) -> dict[str, torch.Tensor]:
+    """HF names -> our names ("model." dropped); rotary caches and a tied model's duplicate head dropped."""
+    ours = {}
+    for name, t in tensors.items():
+        if name.endswith("rotary_emb.inv_freq") or (args.tie_embeddings and name == "lm_head.weight"):
+            continue  # derived from config / the same matrix as the embedding
+        ours[name.removeprefix("model.")] = t
+    return ours
+
+
+def check_state(expected: dict[str, torch.Size], found: dict[str, torch.Tensor], where: str):
+    """Raise one LoadError naming every missing, unexpected and mis-shaped tensor."""
+    def names(xs):
+        xs = sorted(xs)
+        return ", ".join(xs[:6]) + (f" (+{len(xs) - 6} more)" if len(xs) > 6 else "")
+    problems = []
+    missing = expected.keys() - found.keys()
+    unexpected = found.keys() - expected.keys()
+    shapes = [f"{k} {tuple(found[k].shape)} != config's {tuple(expected[k])}"
+              for k in sorted(expected.keys() & found.keys()) if found[k].shape != expected[k]]
+    if missing:
+        problems.append(f"missing tensors: {names(missing)}")
+    if unexpected:
+        problems.append(f"unexpected tensors: {names(unexpected)}")
+    if shapes:
+        problems.append(f"wrong shapes: {'; '.join(shapes[:4])}" + (f" (+{len(shapes) - 4} more)" if len(shapes) > 4 else ""))
+    if problems:
+        raise LoadError(f"{where}: " + "; ".join(problems) + " - the weights do not match config.json")
+
+
+def load_model(path: str, *, dtype: torch.dtype = torch.float32, device="cpu") -> Transformer:
+    """Build a Transformer from an HF checkpoint directory (strict: every tensor present and shaped right)."""
+    _, args = read_config(path)
+    tensors = checkpoint_to_ours(read_safetensors(weight_files(path), dtype), args)
+    with torch.device("meta"):  # no time spent initialising weights we are about to overwrite
+        model = Transformer(args)
+    check_state({k: v.shape for k, v in model.state_dict().items()}, tensors, path)
+    model.load_state_dict(tensors, strict=True, assign=True)
+    model.inv_freq = rope_inv_freq(args)  # a non-persistent buffer: recompute it off the meta device
+    return model.to(device).eval()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Writing
+
+def hf_state_dict(model: Transformer) -> dict[str, torch.Tensor]:
+    """Our state dict under HF names (the reverse of checkpoint_to_ours), contiguous for safetensors."""
+    out = {}
+    for name, t in model.state_dict().items():
+        key = name if name.startswith("lm_head.") else "model." + name
+        out[key] = t.detach().contiguous().cpu()
+    return out
+
+
+def replace_dir(tmp: str, path: str):
+    """Move a finished directory into place; an existing `path` is only deleted once the new one is there."""
+    old = None
+    if os.path.exists(path):
+        old = tempfile.mkdtemp(dir=os.path.dirname(os.path.abspath(path)), prefix=".old-")
+        os.replace(path, os.path.join(old, "d"))
+    os.replace(tmp, path)
+    if old:
+        shutil.rmtree(old)
+
+
+def save_model(model: Transformer, path: str, *, like: str | None = None, dtype: torch.dtype | None = None):
+    """Write `model` as an HF checkpoint directory (atomically). `like`: a checkpoint whose config extras
+    (token ids, ...), tokenizer and generation files are carried over, normally the teacher."""
+    base = {}
+    if like is not None:
+        base, _ = read_config(like)
+        # our config keys below replace the RoPE and size fields; stale transformers-5 RoPE keys must go
+        for key in ("rope_parameters", "rope_scaling", "rope_theta", "torch_dtype", "dtype", "transformers_version"):
+            base.pop(key, None)
+    cfg = {**base, **model.args.to_hf_config()}
+    state = hf_state_dict(model)
+    if dtype is not None:
+        state = {k: v.to(dtype) for k, v in state.items()}
+    cfg["torch_dtype"] = str(next(iter(state.values())).dtype).removeprefix("torch.")
+    parent = os.path.dirname(os.path.abspath(path))
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(dir=parent, prefix=".tmp-save-")
+    try:
+        save_file(state, os.path.join(tmp, "model.safetensors"), metadata={"format": "pt"})
+        with open(os.path.join(tmp, "config.json"), "w") as f:
+            json.dump(cfg, f, indent=2)
+        for name in SIDE_FILES if like is not None else ():
+            if os.path.isfile(os.path.join(like, name)):
+                shutil.copy2(os.path.join(like, name), os.path.join(tmp, name))
+        replace_dir(tmp, path)
+    finally:
+        if os.path.isdir(tmp):
+            shutil.rmtree(tmp)
+
+
+# ---------------------------------------------------------------------------------------------------------
+
+def main():
+    parser = argparse.ArgumentParser(description="Load a checkpoint strictly and summarise it.")
+    parser.add_argument("--model", required=True, help="HF checkpoint directory")
+    args = parser.parse_args()
+    try:
+        model = load_model(args.model)
+    except LoadError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    n_params = sum(p.numel() for p in model.parameters())
+    print(f"{args.model}: {model.args.family}, {n_params / 1e6:.1f}M parameters")
+    for key, value in vars(model.args).items():
+        print(f"  {key:15s} {value}")
+
+
+if __name__ == "__main__":
+    main()
