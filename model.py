@@ -9,8 +9,8 @@ Family differences are fields of `ModelArgs` and every line that depends on one 
 `grep -n '\\[qwen\\]' model.py` lists the whole Llama -> Qwen delta.
 
 `taps`: pass a dict (or any object with __setitem__) and the forward writes the activations distillation,
-calibration and eRank need, keyed "{layer}.{name}": norm_in, q, k, v (pre-RoPE projections), attn_out,
-norm_post, gate, up (pre-activation), mlp_out, resid (block output); and "final_norm". A custom mapping can
+calibration and eRank need, keyed "{layer}.{name}": norm_in, q, k, v (pre-RoPE projections), attn_heads
+(all heads' attention output, o_proj's input), attn_out, norm_post, gate, up (pre-activation), mlp_out, resid (block output); and "final_norm". A custom mapping can
 reduce each tensor as it arrives, so long calibration runs never hold them all.
 
 Shape legend: B batch, T tokens (this call), S key positions (cache + T), D model width (W for a student),
@@ -227,6 +227,7 @@ class Attention(nn.Module):
         v = v.repeat_interleave(self.n_heads // self.n_kv_heads, dim=1)  # (B, H, S, Dh)
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None and T > 1)  # (B, H, T, Dh)
         y = y.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim)  # (B, T, H*Dh)
+        _tap(taps, f"{self.layer}.attn_heads", y)  # o_proj's input: LRC compares y @ Wo_t^T in teacher space
         return self.o_proj(y)
 
 

@@ -67,3 +67,37 @@ def example_teacher():
         return build_example_teacher(DEFAULT_DIR)
     except (FileNotFoundError, ImportError) as e:
         pytest.skip(f"example teacher unavailable: {e}")
+
+
+TINY_CORPUS = [
+    "Question: Tom has 3 apples and buys 4 more. How many apples does he have?\nAnswer: 3 + 4 = 7. #### 7",
+    "The quick brown fox jumps over the lazy dog while the cat sleeps in the sun.",
+    "Distillation trains a small student to imitate a large teacher, one token at a time.",
+    "def add(a, b):\n    return a + b  # numbers 0123456789",
+]
+
+
+def make_tiny_teacher(path, family: str = "llama", seed: int = 0) -> str:
+    """A tiny random checkpoint *with* a byte-level BPE tokenizer (trained here), so CLIs that tokenise text
+    (distill.py, eval_reasoning.py, erank.py) can run on it. Its embedding (320 rows) is padded beyond the
+    tokenizer's ~300 ids, as Qwen's is."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    make_tiny_model(path, family, seed, vocab_size=320)
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<|endoftext|>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(TINY_CORPUS * 20, trainer)
+    tok.save(os.path.join(str(path), "tokenizer.json"))
+    with open(os.path.join(str(path), "tokenizer_config.json"), "w") as f:
+        f.write('{"eos_token": "<|endoftext|>", "bos_token": null}')
+    return str(path)
+
+
+@pytest.fixture
+def tiny_teacher(tmp_path):
+    """Factory: tiny_teacher(family="llama") -> checkpoint dir with tokenizer.json (vocab ~300, embedding 320)."""
+    def build(family="llama", seed=0):
+        return make_tiny_teacher(tmp_path / f"teacher-{family}-{seed}", family, seed)
+    return build

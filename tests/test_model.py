@@ -59,7 +59,7 @@ def test_taps_shapes(tiny_model):
         model(torch.zeros(2, 5, dtype=torch.long), taps=taps)
     a = model.args
     expected = {"norm_in": a.dim, "q": a.n_heads * a.head_dim, "k": a.n_kv_heads * a.head_dim,
-                "v": a.n_kv_heads * a.head_dim, "attn_out": a.dim, "norm_post": a.dim, "gate": a.ffn_dim,
+                "v": a.n_kv_heads * a.head_dim, "attn_heads": a.n_heads * a.head_dim, "attn_out": a.dim, "norm_post": a.dim, "gate": a.ffn_dim,
                 "up": a.ffn_dim, "mlp_out": a.dim, "resid": a.dim}
     for i in range(a.n_layers):
         for name, width in expected.items():
