@@ -1,0 +1,456 @@
+"""Effective rank (eRank) of hidden states, for one batch or streamed over any number of tokens, per layer.
+
+RED traces LRC's "reasoning collapse" to eRank collapse: a few directions take over the student's residual
+stream and tokens become hard to tell apart (RED abstract; METHOD.md §3.1, §3.4). This file measures it, by
+either of two definitions; every report says which (METHOD.md §5):
+
+  kind="sq"  Diff-eRank (Wei et al., NeurIPS'24, arXiv 2401.17139), the primary one: centre the tokens,
+             L2-normalise each token, take the eigenvalues of the covariance Z^T Z / N divided by its trace,
+             eRank = exp(entropy). Eigenvalues are squared singular values, so this is Roy-Vetterli applied
+             to s^2, and the smaller of the two (0.78 d against 0.93 d for a 3072 x 1536 Gaussian).
+  kind="rv"  Roy & Vetterli (EUSIPCO 2007) on the singular values s of the centred matrix, p_k = s_k / sum s.
+
+Both come from a d x d float64 Gram matrix, whose eigenvalues are the squared singular values: N tokens cost
+O(N d^2) time and O(d^2) memory, and tokens can be added chunk by chunk (`ERankAccumulator`).
+
+Streaming and the mean: "rv" is exact in one pass, since for any shift c
+sum (x-mu)(x-mu)^T = sum (x-c)(x-c)^T - n (mu-c)(mu-c)^T (c = the first chunk's mean, so little cancels).
+"sq" divides each token by ||x - mu||, non-linear in the global mean mu, so no fixed-size summary of one pass
+gives it exactly. We keep it exact and make the cost explicit: `ERankAccumulator(d, kind="sq", mean=mu)` needs
+the mean up front, `erank_streaming` reads its chunks twice, and the CLI runs two forward passes (the first
+also gives "rv" and the means). Token indistinguishability (METHOD.md §3.5), the mean pairwise cosine of the
+tokens, streams in O(d) memory from the sum of the unit token vectors (`TokenCosineAccumulator`).
+
+Builds on model.py, load_weights.py and tokenizer.py: the CLI reads each block's output through
+`Transformer.forward(taps=)`.
+Run as: python erank.py --model DIR [--model DIR2 ...] --data FILE [--tokens 4096] [--kind both] [--json]
+"""
+import argparse
+import json
+import math
+import os
+import sys
+
+import torch
+
+KINDS = ("sq", "rv")
+STEP_ELEMENTS = 2**20  # float64 temporaries of 8 MiB: bounded whatever the chunk, and under glibc's mmap
+#                       threshold, so they reuse heap pages (38 MiB ones were page-faulted in afresh: ~10x slower)
+GRAM_BLOCKS = 4       # column blocks of the Gram update (see add_gram_)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The equations, one pure function each (and two row helpers)
+
+def row_steps(h: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """h (N, d) split into views of at most STEP_ELEMENTS elements (at least one row each)."""
+    return h.split(max(1, STEP_ELEMENTS // h.shape[1]))
+
+
+def token_mean(h: torch.Tensor) -> torch.Tensor:
+    """Mean (d,) float64 of the tokens h (N, d), without a float64 copy of all of h."""
+    total = sum(rows.to(torch.float64).sum(0) for rows in row_steps(h))  # (d,)
+    return total / h.shape[0]
+
+
+def center_tokens(h: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
+    """Tokens h (N, d) minus the token mean (d,)."""
+    # Diff-eRank step (i): R <- R - mean over tokens; eRank should measure the spread, not the offset
+    return h - mean  # (N, d)
+
+
+def normalize_rows(h: torch.Tensor) -> torch.Tensor:
+    """Rows of h (N, d) scaled to unit L2 norm; an all-zero row stays zero."""
+    # Diff-eRank step (ii): z_i = r_i / ||r_i||, so every token weighs the same whatever its norm
+    norms = h.norm(dim=1, keepdim=True)  # (N, 1)
+    return h / norms.clamp_min(torch.finfo(h.dtype).tiny)  # (N, d)
+
+
+def entropy_rank(p: torch.Tensor) -> float:
+    """exp of the Shannon entropy of the probability vector p (Q,); zeros contribute nothing."""
+    # exp(H(p)) = exp(-sum_k p_k log p_k): 1 for a one-hot p, Q for a uniform one
+    p = p[p > 0]
+    return math.exp(-(p * p.log()).sum().item())
+
+
+def erank_rv(s: torch.Tensor) -> float:
+    """Roy-Vetterli eRank from singular values s (Q,); nan when all are zero."""
+    # Roy & Vetterli (EUSIPCO 2007): p_k = s_k / sum_j s_j, eRank = exp(-sum_k p_k log p_k), 1 <= eRank <= rank
+    total = s.sum()
+    return entropy_rank(s / total) if total > 0 else math.nan
+
+
+def erank_sq(lam: torch.Tensor) -> float:
+    """Diff-eRank from covariance eigenvalues lam (Q,) (= squared singular values); nan when all are zero."""
+    # Diff-eRank (Wei et al. 2024) steps (iv)-(v): lambda / tr(Sigma), eRank = exp(-sum_k lambda_k log lambda_k)
+    total = lam.sum()
+    return entropy_rank(lam / total) if total > 0 else math.nan
+
+
+def add_gram_(gram: torch.Tensor, x: torch.Tensor):
+    """In place: gram (d, d) += x^T x for rows x (r, d), filling only the blocks on and above the diagonal."""
+    # x^T x is symmetric, so with 4 column blocks only 10 of the 16 blocks are needed: 5/8 of the flops of
+    # one full matmul (~1.5x faster here); `symmetric` mirrors the upper triangle back when the value is read
+    d = x.shape[1]
+    b = -(-d // GRAM_BLOCKS)
+    for i in range(0, d, b):
+        gram[i:i + b, i:].addmm_(x[:, i:i + b].T, x[:, i:])  # (b, d - i) += (b, r) @ (r, d - i)
+
+
+def symmetric(gram: torch.Tensor) -> torch.Tensor:
+    """The full symmetric (d, d) matrix from the upper triangle (diagonal included) of gram."""
+    upper = gram.triu()
+    return upper + upper.triu(1).T  # (d, d)
+
+
+def gram_eigenvalues(gram: torch.Tensor) -> torch.Tensor:
+    """Eigenvalues (d,) of a symmetric PSD float64 Gram matrix (d, d), with rounding noise set to exactly 0."""
+    lam = torch.linalg.eigvalsh(gram)  # (d,) ascending
+    # eigvalsh is accurate to about eps * lambda_max, so anything below d * eps * lambda_max is the noise of a
+    # zero direction. Left in, a rank-1 input reads as eRank 1.0000x, and "rv" takes sqrt(), which amplifies it.
+    tol = lam[-1].clamp_min(0) * gram.shape[0] * torch.finfo(gram.dtype).eps
+    return torch.where(lam > tol, lam, torch.zeros_like(lam))
+
+
+def mean_pairwise_cosine(zsum: torch.Tensor, n: int) -> float:
+    """Mean cosine over the n (n - 1) ordered pairs i != j of n unit vectors whose sum is zsum (d,)."""
+    # ||sum_i z_i||^2 = sum_i sum_j z_i . z_j = n + sum_{i != j} cos(z_i, z_j), since each z_i . z_i = 1
+    return ((zsum @ zsum).item() - n) / (n * (n - 1)) if n > 1 else math.nan
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Streaming accumulators: O(d^2) memory, whatever the number of tokens
+
+class ERankAccumulator:
+    """eRank of all rows given to update(h (n, d)), chunk by chunk; value() at any time. float64 inside.
+
+    kind="rv": exact in one pass; `mean` is optional (it only sets the shift that keeps the subtraction accurate).
+    kind="sq": needs the token mean of *all* the data up front (`mean=`, from a first pass; see module doc).
+    """
+
+    def __init__(self, d: int, *, kind: str = "sq", mean: torch.Tensor | None = None):
+        if kind not in KINDS:
+            raise ValueError(f"unknown eRank kind {kind!r} - use one of {KINDS}")
+        if kind == "sq" and mean is None:
+            raise ValueError("kind='sq' normalises centred tokens, so it needs the mean of all tokens up front - "
+                             "pass mean= from a first pass, or use erank_streaming()")
+        self.d, self.kind, self.n = d, kind, 0
+        self.shift = None if mean is None else torch.as_tensor(mean, dtype=torch.float64).reshape(d)  # (d,)
+        self.sum = None   # (d,) sum of the shifted rows ("rv" only: it locates the mean)
+        self.gram = None  # (d, d) sum of x x^T over the shifted rows ("sq": over z); upper triangle only
+
+    def update(self, h: torch.Tensor) -> "ERankAccumulator":
+        """Add the tokens h (n, d) (any float dtype; the Gram lives on h's device)."""
+        assert h.ndim == 2 and h.shape[1] == self.d, f"expected tokens (n, {self.d}), got {tuple(h.shape)}"
+        if h.shape[0] == 0:
+            return self
+        if self.gram is None:  # allocated on first use, on the device the activations live on
+            if self.shift is None:
+                self.shift = token_mean(row_steps(h)[0])  # (d,) any shift is exact; a near-mean one is accurate
+            self.shift = self.shift.to(h.device)
+            self.sum = torch.zeros(self.d, dtype=torch.float64, device=h.device)  # (d,)
+            self.gram = torch.zeros(self.d, self.d, dtype=torch.float64, device=h.device)
+        for rows in row_steps(h):
+            x = center_tokens(rows, self.shift)  # (r, d) float64: the float64 shift promotes it, in one pass
+            if self.kind == "sq":
+                x = normalize_rows(x)  # (r, d) the Diff-eRank z rows (the shift is the true mean here)
+            else:
+                self.sum += x.sum(0)  # (d,)
+            add_gram_(self.gram, x)  # (d, d) += x^T x, upper blocks
+        self.n += h.shape[0]
+        return self
+
+    def mean(self) -> torch.Tensor:
+        """Token mean (d,) float64 of everything seen so far (for "sq": the mean it was given)."""
+        return self.shift if self.kind == "sq" else self.shift + self.sum / self.n
+
+    def value(self) -> float:
+        """eRank of all tokens so far (nan before two distinct tokens)."""
+        if self.n == 0:
+            return math.nan
+        if self.kind == "sq":
+            # Diff-eRank step (iii): Sigma = Z^T Z / N; the 1/N cancels in the trace normalisation
+            return erank_sq(gram_eigenvalues(symmetric(self.gram)))
+        offset = self.sum / self.n  # (d,) mu - c
+        centred = symmetric(self.gram) - self.n * torch.outer(offset, offset)  # (d, d) sum (x - mu)(x - mu)^T
+        # eigenvalues of the centred Gram are the squared singular values of the centred matrix
+        return erank_rv(gram_eigenvalues(centred).sqrt())
+
+
+class TokenCosineAccumulator:
+    """Mean pairwise cosine of all tokens given to update(h (n, d)); subtracts `mean` (d,) first if given."""
+
+    def __init__(self, d: int, *, mean: torch.Tensor | None = None):
+        self.d, self.n = d, 0
+        self.mean = None if mean is None else torch.as_tensor(mean, dtype=torch.float64).reshape(d)  # (d,)
+        self.zsum = None  # (d,) sum of the unit token vectors
+
+    def update(self, h: torch.Tensor) -> "TokenCosineAccumulator":
+        """Add the tokens h (n, d)."""
+        assert h.ndim == 2 and h.shape[1] == self.d, f"expected tokens (n, {self.d}), got {tuple(h.shape)}"
+        if self.zsum is None:  # on the activations' device, like ERankAccumulator's Gram
+            self.zsum = torch.zeros(self.d, dtype=torch.float64, device=h.device)  # (d,)
+        for rows in row_steps(h):
+            x = rows.to(torch.float64)  # (r, d)
+            if self.mean is not None:
+                x = center_tokens(x, self.mean.to(h.device))
+            norms = x.norm(dim=1)  # (r,)
+            self.zsum += (x[norms > 0] / norms[norms > 0, None]).sum(0)
+            self.n += int((norms > 0).sum())  # a token equal to the mean has no direction: left out of the pairs
+        return self
+
+    def value(self) -> float:
+        """Mean cosine over pairs of distinct tokens (nan before two tokens)."""
+        return mean_pairwise_cosine(self.zsum, self.n) if self.zsum is not None else math.nan
+
+
+# ---------------------------------------------------------------------------------------------------------
+# One-batch and two-pass entry points
+
+def erank(h: torch.Tensor, *, kind: str = "sq") -> float:
+    """eRank of the N tokens h (N, d): kind "sq" (Diff-eRank) or "rv" (Roy-Vetterli); float64 inside."""
+    h = torch.as_tensor(h)
+    assert h.ndim == 2, f"expected tokens (N, d), got {tuple(h.shape)}"
+    mean = token_mean(h) if kind == "sq" else None  # "rv" needs no mean pass (see ERankAccumulator)
+    return ERankAccumulator(h.shape[1], kind=kind, mean=mean).update(h).value()
+
+
+def erank_streaming(chunks, *, kind: str = "sq") -> float:
+    """eRank of all rows of the (n, d) chunks that `chunks()` yields; calls it twice for "sq" (mean, then Gram)."""
+    mean = None
+    if kind == "sq":  # pass 1: the exact mean, O(d) memory
+        total, n = 0.0, 0
+        for h in chunks():
+            total, n = total + token_mean(h) * h.shape[0], n + h.shape[0]  # (d,)
+        mean = total / n
+    acc = None
+    for h in chunks():  # pass 2 ("rv": the only pass)
+        if acc is None:  # d is known from the first chunk
+            acc = ERankAccumulator(h.shape[1], kind=kind, mean=mean)
+        acc.update(h)
+    return acc.value() if acc is not None else math.nan
+
+
+def token_cosine(h: torch.Tensor, *, center: bool = True) -> float:
+    """Mean pairwise cosine similarity of the tokens h (N, d), after centring unless center=False."""
+    h = torch.as_tensor(h)
+    return TokenCosineAccumulator(h.shape[1], mean=token_mean(h) if center else None).update(h).value()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Data: a .txt or .jsonl file into token sequences (deliberately tiny; data.py does the real packing)
+
+def read_texts(path: str) -> list[str]:
+    """Texts of a .txt file (the whole file) or a .jsonl file (each line's `text`, or `question` + `answer`)."""
+    with open(path, encoding="utf-8") as f:
+        if not path.endswith(".jsonl"):
+            return [f.read()]
+        texts = []
+        for i, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+                if isinstance(record.get("text"), str):
+                    texts.append(record["text"])
+                else:  # a GSM8K-style row, joined the way data.py joins it
+                    texts.append(f"Question: {record['question']}\nAnswer: {record['answer']}")
+            except (json.JSONDecodeError, KeyError, AttributeError):
+                raise ValueError(f"{path} line {i}: not a JSON object with `text` or `question`/`answer` - "
+                                 "fix the line or pass a .txt file") from None
+        return texts
+
+
+def token_sequences(texts: list[str], tok, *, seq_len: int, max_tokens: int) -> list[list[int]]:
+    """The texts' tokens, concatenated and cut into sequences of <= seq_len (bos first when the tokenizer has one)."""
+    stream = []
+    for text in texts:
+        stream += tok.encode(text)  # no separators: each sequence already opens with bos (if any)
+        if len(stream) >= max_tokens:  # enough text: do not tokenise the rest of a large file
+            break
+    bos = [] if tok.bos_id is None else [tok.bos_id]
+    step = seq_len - len(bos)  # bos counts against seq_len
+    sequences = [bos + stream[i:i + step] for i in range(0, len(stream), step)]
+    out, fed = [], 0
+    for seq in sequences:
+        seq = seq[:max_tokens - fed]  # --tokens caps everything fed, bos included
+        if len(seq) < 2:  # one token has no position after the first to measure
+            break
+        out.append(seq)
+        fed += len(seq)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Per-layer measurement of a model's residual stream
+
+class ResidTaps(dict):
+    """A `taps` sink for Transformer.forward: hands each block output to fn(layer, h) and keeps nothing."""
+
+    def __init__(self, fn):
+        super().__init__()  # stays empty: the forward's tensors are never stored
+        self.fn = fn
+
+    def __setitem__(self, key: str, value: torch.Tensor):
+        layer, _, name = key.partition(".")
+        if name == "resid":  # the other taps (q, k, gate, ...) are dropped as they arrive
+            self.fn(int(layer), value)
+
+
+def run_layers(model, sequences: list[list[int]], fn, *, keep_first: bool, batch_size: int):
+    """Forward the sequences; call fn(layer, h (B, T', D)) per block output (position 0 dropped unless keep_first)."""
+    # NOTE: position 0 is the attention sink and carries massive activations (one SmolLM2 channel reaches
+    # ~20,000 there against a median of 170-330), enough to change the teacher's eRank a lot on its own
+    first = 0 if keep_first else 1
+    taps = ResidTaps(lambda layer, h: fn(layer, h[:, first:]))  # (B, T - first, D)
+    device = model.embed_tokens.weight.device
+    with torch.inference_mode():
+        i = 0
+        while i < len(sequences):  # batches of equal-length sequences (only the last one can be shorter)
+            j = i + 1
+            while j < len(sequences) and j - i < batch_size and len(sequences[j]) == len(sequences[i]):
+                j += 1
+            model(torch.tensor(sequences[i:j], dtype=torch.long, device=device), taps=taps)  # (B, T) in
+            i = j
+
+
+def measure_model(model, sequences: list[list[int]], *, keep_first: bool = False, per_seq: bool = False,
+                  batch_size: int = 8) -> list[dict]:
+    """Per layer: eRank sq and rv, and token cosine (centred, and raw), pooled over all tokens or per sequence."""
+    L, D = model.args.n_layers, model.args.dim
+    if per_seq:  # METHOD.md §3.5 / Diff-eRank: each text on its own, then the mean over texts; one pass
+        totals, count = [[0.0] * 4 for _ in range(L)], [0] * L
+
+        def per_sequence(layer, h):  # h: (B, T', D)
+            for seq in h:  # (T', D); its eRank is at most T' - 1 (centring removes one direction)
+                values = (erank(seq, kind="sq"), erank(seq, kind="rv"), token_cosine(seq),
+                          token_cosine(seq, center=False))
+                totals[layer] = [t + v for t, v in zip(totals[layer], values)]
+                count[layer] += 1
+        run_layers(model, sequences, per_sequence, keep_first=keep_first, batch_size=batch_size)
+        values = [[t / count[layer] for t in totals[layer]] for layer in range(L)]
+    else:  # all tokens pooled, exact: pass 1 gives "rv" and the means, pass 2 the centred "sq" and cosine
+        rv = [ERankAccumulator(D, kind="rv") for _ in range(L)]
+        raw_cos = [TokenCosineAccumulator(D) for _ in range(L)]
+
+        def first_pass(layer, h):
+            rv[layer].update(h.reshape(-1, D))  # (B T', D)
+            raw_cos[layer].update(h.reshape(-1, D))
+        run_layers(model, sequences, first_pass, keep_first=keep_first, batch_size=batch_size)
+        # NOTE: pass 2 must see the same activations; it does on CPU (deterministic), and on GPU up to rounding
+        sq = [ERankAccumulator(D, kind="sq", mean=acc.mean()) for acc in rv]
+        cos = [TokenCosineAccumulator(D, mean=acc.mean()) for acc in rv]
+
+        def second_pass(layer, h):
+            sq[layer].update(h.reshape(-1, D))  # (B T', D)
+            cos[layer].update(h.reshape(-1, D))
+        run_layers(model, sequences, second_pass, keep_first=keep_first, batch_size=batch_size)
+        values = [(sq[i].value(), rv[i].value(), cos[i].value(), raw_cos[i].value()) for i in range(L)]
+    names = ("erank_sq", "erank_rv", "token_cos", "token_cos_raw")
+    return [dict(layer=layer, **dict(zip(names, v))) for layer, v in enumerate(values)]
+
+
+# ---------------------------------------------------------------------------------------------------------
+
+def fail(message: str):
+    """User error: one line on stderr, exit status 2."""
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def print_table(results: list[dict], kinds: list[str], header: str):
+    """One row per layer, one column per model and measure, then the mean and the mean / d."""
+    print(header)
+    measures = [f"erank_{kind}" for kind in kinds] + ["token_cos", "token_cos_raw"]
+    cols = [(m, k) for m in range(len(results)) for k in measures]
+    short = {"erank_sq": "sq", "erank_rv": "rv", "token_cos": "cos", "token_cos_raw": "rawcos"}
+
+    def cell(value, k):  # eRanks with one decimal, cosines with four
+        return f"{'':>10}" if value is None else f"{value:>10.1f}" if k.startswith("erank") else f"{value:>10.4f}"
+    for m, r in enumerate(results):
+        print(f"  model {chr(65 + m)} = {r['model']} (d={r['dim']}, {r['n_layers']} layers, "
+              f"{r['tokens_measured']} tokens measured of {r['tokens_fed']} fed in {r['sequences']} sequences)")
+    print(f"{'layer':>6}" + "".join(f"{chr(65 + m) + ' ' + short[k]:>10}" for m, k in cols))
+    for layer in range(max(r["n_layers"] for r in results)):
+        row = [results[m]["layers"][layer][k] if layer < results[m]["n_layers"] else None for m, k in cols]
+        print(f"{layer:>6}" + "".join(cell(value, k) for value, (m, k) in zip(row, cols)))
+    print(f"{'mean':>6}" + "".join(cell(results[m]["mean"][k], k) for m, k in cols))
+    print(f"{'mean/d':>6}" + "".join(f"{results[m]['mean'][k] / results[m]['dim']:>10.4f}" if k.startswith("erank")
+                                     else cell(None, k) for m, k in cols).rstrip())
+
+
+def main():
+    parser = argparse.ArgumentParser(description="Per-layer effective rank of the residual stream of checkpoints.")
+    parser.add_argument("--model", action="append", required=True, help="HF checkpoint directory (repeat to compare)")
+    parser.add_argument("--data", required=True, help=".txt, or .jsonl with `text` or `question`/`answer` fields")
+    parser.add_argument("--tokens", type=int, default=4096, help="at most this many tokens fed to each model")
+    parser.add_argument("--seq-len", type=int, default=512)
+    parser.add_argument("--kind", choices=["sq", "rv", "both"], default="both",
+                        help="sq: Diff-eRank (centred, row-normalised, covariance eigenvalues); rv: Roy-Vetterli")
+    parser.add_argument("--keep-first", action="store_true",
+                        help="keep position 0 of each sequence (dropped by default: massive activations)")
+    parser.add_argument("--per-seq", action="store_true",
+                        help="eRank of each sequence, averaged over sequences, instead of pooling all tokens")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of the table")
+    args = parser.parse_args()
+    torch.manual_seed(0)  # nothing here is random; seeded all the same, by house rule
+    kinds = list(KINDS) if args.kind == "both" else [args.kind]
+    if args.tokens < 2 or args.seq_len < 2:
+        fail(f"--tokens {args.tokens} / --seq-len {args.seq_len} too small - both need at least 2 tokens")
+    if not os.path.isfile(args.data):
+        fail(f"{args.data}: data file not found - pass a .txt or .jsonl file")
+    try:
+        texts = [t for t in read_texts(args.data) if t.strip()]
+    except UnicodeDecodeError:  # a ValueError too, so caught first
+        fail(f"{args.data}: not UTF-8 text - pass a .txt or .jsonl file")
+    except ValueError as e:
+        fail(str(e))
+    except OSError as e:
+        fail(f"{args.data}: cannot read it ({e.strerror}) - check the path and its permissions")
+    if not texts:
+        fail(f"{args.data}: no text in the file - pass a non-empty .txt or .jsonl file")
+    for path in args.model:
+        if not os.path.isdir(path):
+            fail(f"{path}: model directory not found - pass a Hugging Face checkpoint directory")
+
+    # the library part above needs only torch; the CLI also needs the model, its loader and tokenizer
+    from load_weights import LoadError, load_model
+    from tokenizer import TokenizerError, load_tokenizer
+
+    results = []
+    for path in args.model:
+        try:
+            model, tok = load_model(path, device=args.device), load_tokenizer(path)
+        except (LoadError, TokenizerError) as e:
+            fail(str(e))
+        sequences = token_sequences(texts, tok, seq_len=args.seq_len, max_tokens=args.tokens)
+        if not sequences:
+            fail(f"{args.data}: fewer than 2 tokens after tokenising - pass more text")
+        layers = measure_model(model, sequences, keep_first=args.keep_first, per_seq=args.per_seq,
+                               batch_size=args.batch_size)
+        keep = {"layer", "token_cos", "token_cos_raw"} | {f"erank_{kind}" for kind in kinds}
+        layers = [{k: v for k, v in row.items() if k in keep} for row in layers]  # only the kinds asked for
+        fed = sum(len(s) for s in sequences)
+        mean = {k: sum(row[k] for row in layers) / len(layers) for k in layers[0] if k != "layer"}
+        results.append(dict(model=path, dim=model.args.dim, n_layers=model.args.n_layers, sequences=len(sequences),
+                            tokens_fed=fed, tokens_measured=fed - (0 if args.keep_first else len(sequences)),  # 1/seq
+                            layers=layers, mean=mean))
+        del model  # one model in memory at a time
+
+    if args.json:
+        print(json.dumps(dict(kinds=kinds, keep_first=args.keep_first, per_seq=args.per_seq, seq_len=args.seq_len,
+                              data=args.data, models=results), indent=1))
+        return
+    first = "position 0 kept (--keep-first)" if args.keep_first else "position 0 of each sequence excluded"
+    pooling = "mean over sequences (--per-seq)" if args.per_seq else "all tokens pooled"
+    header = (f"eRank of the residual stream after each block; {first}; {pooling}; seq-len {args.seq_len}\n"
+              "  sq = Diff-eRank (centred, row-normalised tokens, covariance eigenvalues); rv = Roy-Vetterli\n"
+              "  (singular values of the centred tokens); cos / rawcos = mean pairwise cosine of the tokens after /\n"
+              "  without centring (centring removes the shared direction: rawcos shows tokens crowding together)")
+    print_table(results, kinds, header)
+
+
+if __name__ == "__main__":
+    main()
