@@ -1,0 +1,224 @@
+"""The EDistill student of Low-Rank Clone: frozen teacher weights times trainable projections.
+
+Every student weight is a teacher weight seen through a trainable projection P of shape (D_t, W), which
+shrinks the residual width from D_t to W and leaves heads, head_dim and FFN width as they are:
+
+    input side  (reads the stream):   W_s = W_t P        embedding, q, k, v, gate, up, LM head
+    output side (writes the stream):  W_s = P^T W_t      o, down                    # LRC (METHOD §2.1)
+
+Per layer there are 7 projections (q, k, v, o, gate, up, down), plus one for the embedding that the LM head
+shares when the teacher ties them (a separate `lm_head` one when it does not). The student's RMSNorm gains
+(width W) are trainable too; Qwen2's q/k/v biases and Qwen3's per-head q/k norms are the teacher's, frozen.
+
+`materialize()` turns projections into a full weight dict under `model.Transformer`'s parameter names, and
+`forward` runs that same Transformer code on it with `torch.func.functional_call`: there is one model
+implementation, and a merged student is a plain checkpoint by construction. LRC computes attention
+factorised (x -> P_q -> W_q); the merged weight is the same linear map, so we always merge.
+
+Trainable state (`state_dict()`, what distill.py optimises and saves) is named like the Transformer it
+becomes: `embed`, `lm_head` (untied teachers only), `norm`, `layers.{i}.{q,k,v,o,gate,up,down}` (projections,
+(D_t, W)) and `layers.{i}.{input_layernorm,post_attention_layernorm}` (gains, (W,)).
+
+Builds on model.py and load_weights.py; init_select.py fills the projections (RED: channel selection).
+Run as: python student.py --teacher DIR --state FILE.safetensors --out DIR   (merge into an HF checkpoint)
+"""
+import argparse
+import dataclasses
+import sys
+
+import torch
+import torch.nn as nn
+from safetensors.torch import load_file
+
+from load_weights import LoadError, load_model, save_model
+from model import ModelArgs, Transformer, rope_inv_freq
+
+INPUT_SIDE = {"q": "self_attn.q_proj", "k": "self_attn.k_proj", "v": "self_attn.v_proj",
+              "gate": "mlp.gate_proj", "up": "mlp.up_proj"}      # W_s = W_t P
+OUTPUT_SIDE = {"o": "self_attn.o_proj", "down": "mlp.down_proj"}  # W_s = P^T W_t
+PROJECTIONS = ("q", "k", "v", "o", "gate", "up", "down")           # per layer, in forward order
+LAYER_NORMS = ("input_layernorm", "post_attention_layernorm")
+
+
+class StudentError(ValueError):
+    """A student that cannot be built from this teacher (one line, says what to do)."""
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Width rules and the trainable-state layout
+
+def check_width(args: ModelArgs, width: int):
+    """Raise StudentError unless 0 < width <= D_t and width is a multiple of the attention heads."""
+    if not 0 < width <= args.dim:
+        raise StudentError(f"width {width} is outside 1..{args.dim} - the student must be at most as wide as "
+                           f"the teacher (D_t = {args.dim})")
+    if width % args.n_heads:
+        # transformers 5 refuses hidden_size % num_attention_heads != 0, even with an explicit head_dim
+        below, above = width - width % args.n_heads, width - width % args.n_heads + args.n_heads
+        nearest = " or ".join(str(w) for w in (below, above) if 0 < w <= args.dim)
+        raise StudentError(f"width {width} is not a multiple of the teacher's {args.n_heads} attention heads "
+                           f"(transformers refuses such a config) - use {nearest}")
+
+
+def state_shapes(args: ModelArgs, width: int) -> tuple[dict[str, tuple], dict[str, tuple]]:
+    """The expected (projection shapes, norm-gain shapes) of a student of `width` for a teacher of `args`."""
+    projections = {"embed": (args.dim, width)}
+    if not args.tie_embeddings:
+        projections["lm_head"] = (args.dim, width)  # untied teacher: its LM head gets its own projection
+    norms = {"norm": (width,)}
+    for i in range(args.n_layers):
+        projections.update({f"layers.{i}.{name}": (args.dim, width) for name in PROJECTIONS})
+        norms.update({f"layers.{i}.{name}": (width,) for name in LAYER_NORMS})
+    return projections, norms
+
+
+def _check_state(expected: dict[str, tuple], found: dict[str, torch.Tensor], what: str):
+    """Raise StudentError naming missing, unexpected and mis-shaped tensors."""
+    missing, unexpected = sorted(expected.keys() - found.keys()), sorted(found.keys() - expected.keys())
+    wrong = [f"{k} {tuple(found[k].shape)} != {expected[k]}" for k in sorted(expected.keys() & found.keys())
+             if tuple(found[k].shape) != expected[k]]
+    if missing or unexpected or wrong:
+        raise StudentError(f"{what} do not fit this teacher: missing {missing[:4]}, unexpected {unexpected[:4]}, "
+                           f"wrong shapes {wrong[:4]} - were they made for another teacher or width?")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The projection equations (each written once)
+
+def project_input(W_t: torch.Tensor, P: torch.Tensor) -> torch.Tensor:
+    """Input-side weight: (out, D_t) teacher, (D_t, W) projection -> (out, W) student."""
+    return W_t.to(P.dtype) @ P  # LRC (METHOD §2.1): W_s = W_t P
+
+def project_output(W_t: torch.Tensor, P: torch.Tensor) -> torch.Tensor:
+    """Output-side weight: (D_t, in) teacher, (D_t, W) projection -> (W, in) student."""
+    return P.T @ W_t.to(P.dtype)  # LRC (METHOD §2.1): W_s = P^T W_t
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Student
+
+class Student(nn.Module):
+    """Trainable projections + norm gains over a frozen teacher; forward = model.Transformer at width W."""
+
+    def __init__(self, teacher: Transformer, width: int, projections: dict[str, torch.Tensor],
+                 norms: dict[str, torch.Tensor]):
+        super().__init__()
+        check_width(teacher.args, width)
+        expected_proj, expected_norms = state_shapes(teacher.args, width)
+        _check_state(expected_proj, projections, "projections")
+        _check_state(expected_norms, norms, "norm gains")
+        # NOTE: the teacher is held outside the module tree (object.__setattr__ skips nn.Module's
+        # registration), so parameters(), state_dict() and the optimizer see only the student's own state,
+        # and student.to(device) does not move it: build the Student from a teacher already on its device.
+        teacher.requires_grad_(False)
+        object.__setattr__(self, "teacher", teacher)
+        self.args = dataclasses.replace(teacher.args, dim=width)  # heads, head_dim, FFN width: the teacher's
+        as_param = lambda t: nn.Parameter(t.detach().clone().float())  # fp32 masters, also on a bf16 teacher
+        self.embed = as_param(projections["embed"])
+        if "lm_head" in projections:
+            self.lm_head = as_param(projections["lm_head"])
+        self.norm = as_param(norms["norm"])
+        self.layers = nn.ModuleList(
+            nn.ParameterDict({name: as_param(projections[f"layers.{i}.{name}"]) for name in PROJECTIONS}
+                             | {name: as_param(norms[f"layers.{i}.{name}"]) for name in LAYER_NORMS})
+            for i in range(self.args.n_layers))
+        device = teacher.embed_tokens.weight.device
+        self.register_buffer("inv_freq", rope_inv_freq(self.args).to(device), persistent=False)
+        with torch.device("meta"):  # a weightless shell: functional_call supplies every tensor it reads
+            object.__setattr__(self, "shell", Transformer(self.args))
+        self.to(device)
+
+    @staticmethod
+    def from_state_dict(teacher: Transformer, state: dict[str, torch.Tensor]) -> "Student":
+        """Rebuild a Student from `student.state_dict()` tensors (e.g. read back from safetensors)."""
+        if "embed" not in state or state["embed"].dim() != 2:
+            raise StudentError("state has no 2-D 'embed' projection - pass a file written from a Student's "
+                               "state_dict (init_select.py or distill.py)")
+        is_norm = lambda k: k == "norm" or k.endswith("layernorm")
+        return Student(teacher, state["embed"].shape[1], {k: v for k, v in state.items() if not is_norm(k)},
+                       {k: v for k, v in state.items() if is_norm(k)})
+
+    def materialize(self) -> dict[str, torch.Tensor]:
+        """The student's weights under Transformer parameter names, differentiable w.r.t. projections/norms."""
+        t = dict(self.teacher.named_parameters())  # frozen constants (requires_grad False)
+        w = {"embed_tokens.weight": project_input(t["embed_tokens.weight"], self.embed),  # (V, W)
+             "norm.weight": self.norm}                                                   # (W,)
+        if not self.args.tie_embeddings:
+            w["lm_head.weight"] = project_input(t["lm_head.weight"], self.lm_head)       # (V, W)
+        for i, P in enumerate(self.layers):
+            pre = f"layers.{i}."
+            for name, module in INPUT_SIDE.items():
+                w[pre + module + ".weight"] = project_input(t[pre + module + ".weight"], P[name])   # (out, W)
+            for name, module in OUTPUT_SIDE.items():
+                w[pre + module + ".weight"] = project_output(t[pre + module + ".weight"], P[name])  # (W, in)
+            for name in LAYER_NORMS:
+                w[pre + name + ".weight"] = P[name]                                       # (W,)
+            for key in t:  # [qwen] q/k/v biases (Qwen2) and per-head q/k norms (Qwen3): the teacher's, frozen
+                if key.startswith(pre) and key.endswith((".bias", "q_norm.weight", "k_norm.weight")):
+                    w[key] = t[key].to(self.embed.dtype)
+        return w
+
+    def forward(self, tokens: torch.Tensor, *, taps=None, weights: dict[str, torch.Tensor] | None = None,
+                **kwargs) -> torch.Tensor:
+        """tokens (B, T) -> logits (B, T, V): model.Transformer run on `weights` (default: materialize());
+        other keyword arguments (cache, pad, last_only) go to Transformer.forward."""
+        weights = self.materialize() if weights is None else weights
+        tensors = {**weights, "inv_freq": self.inv_freq}
+        return torch.func.functional_call(self.shell, tensors, (tokens,), {"taps": taps, **kwargs}, strict=True)
+
+    @torch.no_grad()
+    def merge(self) -> Transformer:
+        """A plain Transformer (student args) holding the materialised weights, ready for save_model."""
+        weights = {k: v.detach().clone() for k, v in self.materialize().items()}
+        with torch.device("meta"):
+            model = Transformer(self.args)
+        model.load_state_dict(weights, strict=True, assign=True)
+        model.inv_freq = self.inv_freq.clone()
+        return model.eval()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Materialise once, run many micro-batches (SPEC §3, performance design)
+
+def leaf_copies(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Detached leaves sharing storage with `weights`; the trainable ones collect .grad over micro-batches."""
+    return {k: w.detach().requires_grad_(w.requires_grad) for k, w in weights.items()}
+
+
+def backward_through(weights: dict[str, torch.Tensor], leaves: dict[str, torch.Tensor]):
+    """Back-propagate the leaves' accumulated grads once through materialize() into the projections."""
+    # chain rule: d loss / d P = (d W / d P)^T (d loss / d W), where d loss / d W is the leaf's .grad
+    pairs = [(weights[k], leaf.grad) for k, leaf in leaves.items() if leaf.grad is not None]
+    if pairs:
+        torch.autograd.backward([w for w, _ in pairs], [g for _, g in pairs])
+
+
+# ---------------------------------------------------------------------------------------------------------
+
+def main():
+    parser = argparse.ArgumentParser(description="Merge a student state (projections + norms) into a plain "
+                                                 "Hugging Face checkpoint.")
+    parser.add_argument("--teacher", required=True, help="teacher HF checkpoint directory")
+    parser.add_argument("--state", required=True, help="student state_dict as .safetensors (init_select.py, "
+                                                       "distill.py)")
+    parser.add_argument("--out", required=True, help="output checkpoint directory")
+    args = parser.parse_args()
+    try:
+        teacher = load_model(args.teacher)
+        try:
+            state = load_file(args.state)
+        except Exception as e:  # safetensors raises its own types for missing, truncated or corrupt files
+            raise StudentError(f"{args.state}: unreadable ({type(e).__name__}) - pass a .safetensors student "
+                               "state written by init_select.py or distill.py")
+        student = Student.from_state_dict(teacher, state)
+    except (LoadError, StudentError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    save_model(student.merge(), args.out, like=args.teacher)
+    n_train = sum(p.numel() for p in student.parameters())
+    print(f"{args.out}: width {student.args.dim} student of {args.teacher} ({n_train / 1e6:.1f}M trained "
+          "parameters merged)")
+
+
+if __name__ == "__main__":
+    main()
