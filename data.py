@@ -110,6 +110,8 @@ def read_text(path: str) -> str:
 
 def read_documents(path: str) -> list[str]:
     """The documents of a .txt (the whole file) or .jsonl file (one per line)."""
+    if not os.path.isfile(path):
+        raise DataError(f"{path}: no such file - pass a .txt or .jsonl file")
     text = read_text(path)
     if path.endswith(".txt"):
         return [text] if text.strip() else []

@@ -238,28 +238,7 @@ def token_cosine(h: torch.Tensor, *, center: bool = True) -> float:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Data: a .txt or .jsonl file into token sequences (deliberately tiny; data.py does the real packing)
-
-def read_texts(path: str) -> list[str]:
-    """Texts of a .txt file (the whole file) or a .jsonl file (each line's `text`, or `question` + `answer`)."""
-    with open(path, encoding="utf-8") as f:
-        if not path.endswith(".jsonl"):
-            return [f.read()]
-        texts = []
-        for i, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-                if isinstance(record.get("text"), str):
-                    texts.append(record["text"])
-                else:  # a GSM8K-style row, joined the way data.py joins it
-                    texts.append(f"Question: {record['question']}\nAnswer: {record['answer']}")
-            except (json.JSONDecodeError, KeyError, AttributeError):
-                raise ValueError(f"{path} line {i}: not a JSON object with `text` or `question`/`answer` - "
-                                 "fix the line or pass a .txt file") from None
-        return texts
-
+# Data: texts (read by data.read_documents) into token sequences; data.py does the real packing
 
 def token_sequences(texts: list[str], tok, *, seq_len: int, max_tokens: int) -> list[list[int]]:
     """The texts' tokens, concatenated and cut into sequences of <= seq_len (bos first when the tokenizer has one)."""
@@ -399,13 +378,10 @@ def main():
     kinds = list(KINDS) if args.kind == "both" else [args.kind]
     if args.tokens < 2 or args.seq_len < 2:
         fail(f"--tokens {args.tokens} / --seq-len {args.seq_len} too small - both need at least 2 tokens")
-    if not os.path.isfile(args.data):
-        fail(f"{args.data}: data file not found - pass a .txt or .jsonl file")
+    from data import DataError, read_documents
     try:
-        texts = [t for t in read_texts(args.data) if t.strip()]
-    except UnicodeDecodeError:  # a ValueError too, so caught first
-        fail(f"{args.data}: not UTF-8 text - pass a .txt or .jsonl file")
-    except ValueError as e:
+        texts = [t for t in read_documents(args.data) if t.strip()]
+    except DataError as e:
         fail(str(e))
     except OSError as e:
         fail(f"{args.data}: cannot read it ({e.strerror}) - check the path and its permissions")

@@ -31,6 +31,7 @@ import sys
 import torch
 from safetensors.torch import save_file
 
+from data import DataError, read_documents
 from erank import erank
 from load_weights import LoadError, load_model
 from model import Transformer
@@ -236,30 +237,6 @@ def init_projections(kind: str, teacher: Transformer, width: int, *, batches=Non
 # ---------------------------------------------------------------------------------------------------------
 # Calibration text and the step-0 report
 
-def read_texts(path: str) -> list[str]:
-    """A .txt file (one text) or .jsonl (each line's `text`, or `question` + `answer`), as a list of texts."""
-    if not os.path.isfile(path):
-        raise InitError(f"{path}: calibration file not found - pass a .txt or .jsonl file")
-    try:
-        with open(path, encoding="utf-8") as f:
-            lines = f.read() if not path.endswith(".jsonl") else f.read().splitlines()
-    except UnicodeDecodeError:
-        raise InitError(f"{path}: not UTF-8 text - pass a .txt or .jsonl file") from None
-    if isinstance(lines, str):
-        return [lines] if lines.strip() else []
-    texts = []
-    for n, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-            texts.append(record["text"] if "text" in record else record["question"] + "\n" + record["answer"])
-        except (json.JSONDecodeError, KeyError, TypeError):
-            raise InitError(f"{path} line {n}: not a JSON object with `text` or `question`/`answer` - "
-                            "fix the line or pass a .txt file") from None
-    return [t for t in texts if t.strip()]
-
-
 def token_sequences(texts: list[str], tok, seq_len: int) -> torch.Tensor:
     """(N, seq_len) long: the texts' tokens, each text ending in eos, concatenated and cut (remainder dropped)."""
     stream = [i for text in texts for i in tok.encode(text, eos=tok.eos_id is not None)]
@@ -345,7 +322,7 @@ def main():
     if min(args.n_calib, args.n_eval, args.batch_size) < 1 or args.seq_len < 2:
         fail("--n-calib, --n-eval and --batch-size must be >= 1 and --seq-len >= 2 - fix the flag")
     try:
-        texts = read_texts(args.calib)
+        texts = read_documents(args.calib)
         if not texts:
             raise InitError(f"{args.calib}: no text in the file - pass a non-empty .txt or .jsonl file")
         teacher = load_model(args.teacher, device=args.device)
@@ -360,7 +337,7 @@ def main():
         projections, norms, info = init_projections(args.init, teacher, args.width, batches=batches,
                                                     importance=args.importance, skip_first=args.skip_first,
                                                     rms_correction=args.rms_correction, seed=args.seed)
-    except (InitError, StudentError, LoadError, TokenizerError) as e:
+    except (InitError, StudentError, LoadError, TokenizerError, DataError) as e:
         fail(str(e))
     student = Student(teacher, args.width, projections, norms)
     print(f"init {args.init}: width {args.width} of {teacher.args.dim}; calibration {len(calib)} x {args.seq_len} "

@@ -211,7 +211,7 @@ def test_cli_bad_inputs_fail_in_one_line(tiny_model, tmp_path):
         ("--width", "96"): "outside 1..64",
         ("--width", "30"): "use 28 or 32",
         ("--init", "svd"): "unknown choice 'svd'",
-        ("--calib", str(tmp_path / "missing.txt")): "not found",
+        ("--calib", str(tmp_path / "missing.txt")): "no such file",
         ("--calib", str(tmp_path / "empty.jsonl")): "no text",
         ("--calib", str(tmp_path / "short.txt")): "need at least 2",
     }
