@@ -322,7 +322,7 @@ def main():
     if min(args.n_calib, args.n_eval, args.batch_size) < 1 or args.seq_len < 2:
         fail("--n-calib, --n-eval and --batch-size must be >= 1 and --seq-len >= 2 - fix the flag")
     try:
-        texts = read_documents(args.calib)
+        texts = [t for t in read_documents(args.calib) if t.strip()]
         if not texts:
             raise InitError(f"{args.calib}: no text in the file - pass a non-empty .txt or .jsonl file")
         teacher = load_model(args.teacher, device=args.device)
