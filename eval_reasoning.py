@@ -1,0 +1,432 @@
+"""GSM8K-style chain-of-thought accuracy with batched greedy decoding, perplexity, and a synthetic problem set.
+
+The question RED asks of a student is whether it still *reasons* like its teacher; the measurement is
+greedy chain-of-thought accuracy on grade-school arithmetic word problems (GSM8K, Cobbe et al. 2021):
+  - base models get `--shots K` worked examples in the plain "Question: ...\nAnswer: ..." format (the one
+    data.py trains on and lm-evaluation-harness's gsm8k task uses), taken from a train split (`--fewshot`);
+  - instruct models get the question zero-shot through their chat format (`--chat`), told to reason step
+    by step and to end with "The answer is N." (the phrasing of Wei et al. 2022's chain-of-thought prompts).
+Decoding is model.generate (batched greedy, left padding, KV cache); a row stops at eos or as soon as its
+text starts a new "Question:". The answer is the number after "The answer is", else after "####", else the
+last number in the text, compared as an exact fraction. Accuracy comes with a 95% Wilson interval, because
+200 problems leave a +-7 point interval at 50%.
+
+`--ppl FILE` is the cheap general-ability proxy: token perplexity over non-overlapping windows.
+`--make-synthetic N` writes a seeded set of multi-step arithmetic word problems in GSM8K format, so a
+reasoning benchmark (and a train split for few-shot exemplars, with another seed) exists offline.
+
+Builds on model.py (generate, forward), load_weights.py (load_model) and tokenizer.py (encode, chat).
+Run as: python eval_reasoning.py --model DIR --data test.jsonl [--chat | --shots 4 --fewshot train.jsonl]
+                                 [--limit N] [--out preds.jsonl] [--ppl FILE]
+        python eval_reasoning.py --make-synthetic 200 --steps 2 --seed 1 --out test.jsonl
+"""
+import argparse
+import json
+import math
+import os
+import random
+import re
+import sys
+import time
+from fractions import Fraction
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from load_weights import LoadError, load_model
+from model import generate
+from tokenizer import TokenizerError, load_tokenizer
+
+CHAT_INSTRUCTION = 'Solve the problem step by step. End your reply with "The answer is N." where N is the final number.'
+STOP_TEXT = "Question:"  # a base model that finished its answer goes on to invent the next exemplar
+STOP_WINDOW = 16         # tokens decoded per stop check: enough for "Question:" even one byte per token
+
+
+class EvalError(ValueError):
+    """Bad evaluation input (data file, gold answer, flags); the message is one line and says what to do."""
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Answer extraction
+
+# A number as models write it: optional sign (not a hyphen inside a word or range like "5-7"), optional "$",
+# thousands commas, decimals, a simple fraction. "1,234." -> "1,234": a sentence's period is not a decimal.
+NUMBER = r"(?:(?<![\w.])[-−])?\$?[-−]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:/\d+)?"
+# "The answer is" may be followed by a little decoration before the number: ": $", " **", " \boxed{"
+ANSWER_IS = re.compile(r"the (?:final )?answer is\b[^\d\n−-]{0,20}?(" + NUMBER + ")", re.IGNORECASE)
+HASHES = re.compile(r"####\s*(" + NUMBER + ")")
+ANY_NUMBER = re.compile(NUMBER)
+CALCULATOR = re.compile(r"<<[^>]*>>")  # GSM8K's calculator annotations "<<48/2=24>>"
+
+
+def parse_number(text: str) -> Fraction | None:
+    """'$1,234.' / '-2.5' / '3/4' -> exact Fraction; None if it is not a number."""
+    # Fraction, not float: binary rounding can never make a right answer wrong, and "3/4" and "0.75"
+    # compare equal without a tolerance to choose
+    text = text.strip().replace("$", "").replace(",", "").replace("−", "-").rstrip(".")
+    try:
+        return Fraction(text)
+    except (ValueError, ZeroDivisionError):
+        return None
+
+
+def normalize_number(text: str) -> str:
+    """A matched number without '$', commas and Unicode minus, e.g. '$-1,234' -> '-1234'."""
+    return text.replace("$", "").replace(",", "").replace("−", "-")
+
+
+def cut_at_question(text: str) -> str:
+    """The generation up to a new "Question:" the model started on its own (the whole text if none)."""
+    at = text.find(STOP_TEXT)
+    return text if at < 0 else text[:at]
+
+
+def extract_answer(text: str) -> str | None:
+    """The model's final number: 'The answer is N' (first), else '#### N', else the last number; or None."""
+    text = cut_at_question(text)
+    # the first "The answer is" wins (lm-evaluation-harness's gsm8k-cot does the same): models that keep
+    # talking afterwards tend to drift, and some echo the instruction's literal "The answer is N."
+    for pattern in (ANSWER_IS, HASHES):
+        found = pattern.search(text)
+        if found:
+            return normalize_number(found.group(1))
+    numbers = ANY_NUMBER.findall(text)
+    return normalize_number(numbers[-1]) if numbers else None
+
+
+def gold_answer(answer) -> str | None:
+    """A dataset answer ('... #### 72', '72' or 72) -> the normalised gold number, or None if there is none."""
+    if isinstance(answer, (int, float)) and not isinstance(answer, bool):  # JSON's true is an int in Python
+        return normalize_number(str(answer))
+    if not isinstance(answer, str):
+        return None
+    # GSM8K's worked solution ends with "#### N"; everything before it is reasoning, not the answer
+    text = answer.rsplit("####", 1)[1] if "####" in answer else answer
+    text = text.strip().rstrip(".")
+    # the whole remainder must be one number: "#### 5 apples" or "about 5" is a malformed gold answer
+    found = re.fullmatch(NUMBER, text)
+    return normalize_number(text) if found and parse_number(text) is not None else None
+
+
+def is_correct(extracted: str | None, gold: str) -> bool:
+    """Numeric equality, so '18.0' == '18' and '0.75' == '3/4'."""
+    return extracted is not None and parse_number(extracted) == parse_number(gold)
+
+
+def wilson_interval(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95% Wilson score interval of a proportion k/n (sane at 0/n and n/n, unlike the normal approximation)."""
+    if n == 0:
+        return 0.0, 1.0
+    # Wilson (1927): invert the normal test of p; the centre is pulled towards 1/2 by z^2 / 2n pseudo-counts
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z / (1 + z * z / n) * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Data and prompts
+
+def read_items(path: str) -> list[dict]:
+    """GSM8K-format JSONL -> [{"question", "answer", "gold"}]; every bad line is an EvalError with its number."""
+    if not os.path.isfile(path):
+        raise EvalError(f"{path}: no such file - pass a JSONL file with 'question' and 'answer' fields")
+    items = []
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():  # a trailing newline or a blank separator line is not an item
+                continue
+            try:
+                item = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise EvalError(f"{path}:{lineno}: not valid JSON ({e.msg}) - each line must be one JSON object")
+            if not isinstance(item, dict) or not isinstance(item.get("question"), str) or "answer" not in item:
+                raise EvalError(f"{path}:{lineno}: needs a 'question' string and an 'answer' - GSM8K format")
+            gold = gold_answer(item["answer"])
+            if gold is None:
+                raise EvalError(f"{path}:{lineno}: no numeric gold answer in {str(item['answer'])[-40:]!r} - the "
+                                "answer must end in '#### <number>' or be a number")
+            # the gold number is parsed once, here, so a bad line fails before any model is loaded
+            items.append({"question": item["question"], "answer": item["answer"], "gold": gold})
+    if not items:
+        raise EvalError(f"{path}: no items - the file is empty")
+    return items
+
+
+def select_exemplars(items: list[dict], fewshot_items: list[dict], shots: int) -> list[dict]:
+    """The first `shots` train items whose question is not among the evaluated ones (never a test item)."""
+    # the same exemplars for every item (lm-evaluation-harness's fixed few-shot), so items differ only in
+    # their question; the first ones of the file, so the choice is visible and does not move with --seed
+    questions = {it["question"] for it in items}
+    pool = [e for e in fewshot_items if e["question"] not in questions]
+    if shots > len(pool):
+        raise EvalError(f"--shots {shots} but only {len(pool)} few-shot exemplars (not among the evaluated "
+                        "items) are available - lower --shots or pass a bigger --fewshot train split")
+    return pool[:shots]
+
+
+def exemplar(item: dict) -> str:
+    """One worked example, 'Question: q\\nAnswer: solution #### N', calculator annotations removed."""
+    answer = item["answer"] if isinstance(item["answer"], str) else f"#### {item['answer']}"
+    # GSM8K's "<<48/2=24>>" marks a calculator call made while sampling (Cobbe et al. 2021); our decoding
+    # has no calculator, so a model copying the marks would only waste tokens
+    return f"Question: {item['question']}\nAnswer: {CALCULATOR.sub('', answer)}"
+
+
+def build_prompt(tokenizer, question: str, exemplars: list[dict], chat: bool) -> str:
+    """The exact prompt text of one item, bos token written out when the tokenizer has one (plain format)."""
+    if chat:  # the chat template brings its own begin-of-text token where the family has one (Llama 3)
+        return tokenizer.chat([{"role": "user", "content": f"{question}\n{CHAT_INSTRUCTION}"}])
+    # NOTE: SmolLM2's configured bos is <|im_start|>, which HF's tokenizer never adds on its own; we add
+    # the configured bos to plain prompts anyway, as model.py's CLI does, so every family is treated alike
+    bos = tokenizer.decode([tokenizer.bos_id]) if tokenizer.bos_id is not None else ""
+    shots = "".join(exemplar(e) + "\n\n" for e in exemplars)
+    # no space after "Answer:": byte-level BPE glues a space to the next word (" Mia"), so a trailing space
+    # would be a lone " " token the model rarely saw before a word
+    return f"{bos}{shots}Question: {question}\nAnswer:"
+
+
+def question_stop(tokenizer):
+    """stop(new_tokens) -> True once the text's tail holds "Question:" (model.generate's `stop` hook)."""
+    # "Question:" may span several tokens ("Question", ":"), so look at text, not ids; a row stops once the
+    # model writes it, and extract_answer cuts it off again
+    def stop(tokens: list[int]) -> bool:
+        return STOP_TEXT in tokenizer.decode(tokens[-STOP_WINDOW:])  # the tail only: O(1) per token
+    return stop
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Evaluation and perplexity
+
+def evaluate(model, tokenizer, items: list[dict], *, shots: int = 0, fewshot_items: list[dict] = (),
+             chat: bool = False, max_new_tokens: int = 256, batch_size: int = 16, progress: bool = False) -> dict:
+    """Greedy CoT accuracy on items [{"question", "answer"}] -> dict(accuracy, lo, hi, n, mean_tokens,
+    tokens_per_s, predictions); predictions[i] is item i's prompt, gold, generation, extracted, correct,
+    tokens (the generated ids, eos excluded)."""
+    if chat and shots:
+        raise EvalError("--chat is zero-shot - drop --shots, or drop --chat for few-shot prompting")
+    exemplars = select_exemplars(items, fewshot_items, shots)
+    # items from read_items carry "gold"; in-memory items (bench/red_vs_lrc.py) are parsed here
+    golds = [it["gold"] if "gold" in it else gold_answer(it["answer"]) for it in items]
+    if any(g is None for g in golds):
+        raise EvalError("an item has no numeric gold answer - answers must end in '#### <number>'")
+    prompts = [build_prompt(tokenizer, it["question"], exemplars, chat) for it in items]
+    prompt_ids = [tokenizer.encode(p) for p in prompts]  # the bos, if any, is already in the text
+    # longest prompts first: a batch holds similar lengths (little padding), and memory trouble shows at once
+    order = sorted(range(len(items)), key=lambda i: -len(prompt_ids[i]))
+    stop, generated, seconds = question_stop(tokenizer), [None] * len(items), 0.0
+    # padding is masked out, so its id only has to exist in the vocab; eos always does
+    pad_id = tokenizer.eos_id if tokenizer.eos_id is not None else 0
+    for start in tqdm(range(0, len(order), batch_size), desc="generate", disable=not progress):
+        rows = order[start:start + batch_size]
+        t0 = time.perf_counter()  # tokens/s times decoding only (prefill included), not tokenization
+        out = generate(model, [prompt_ids[i] for i in rows], max_new_tokens=max_new_tokens,
+                       eos_ids=tokenizer.eos_ids, stop=stop, pad_id=pad_id)
+        seconds += time.perf_counter() - t0
+        for i, tokens in zip(rows, out):
+            generated[i] = tokens
+    predictions = []  # in item order again: generated[] is indexed by item, not by batch position
+    for prompt, gold, tokens in zip(prompts, golds, generated):
+        text = tokenizer.decode(tokens)
+        extracted = extract_answer(text)
+        predictions.append(dict(prompt=prompt, gold=gold, generation=text, extracted=extracted,
+                                correct=is_correct(extracted, gold), tokens=tokens))
+    n, k = len(items), sum(p["correct"] for p in predictions)
+    total_tokens = sum(len(t) for t in generated)
+    lo, hi = wilson_interval(k, n)
+    return dict(accuracy=k / n, lo=lo, hi=hi, n=n, mean_tokens=total_tokens / n,
+                tokens_per_s=total_tokens / max(seconds, 1e-9), predictions=predictions)
+
+
+@torch.inference_mode()
+def perplexity(model, token_ids: list[int], window: int, batch_size: int = 8) -> float:
+    """exp(mean next-token NLL) over non-overlapping windows of `window` tokens, each scored on its own.
+
+    NOTE: the first token of every window is context only (nothing before it in the window predicts it),
+    so the score counts len - 1 predictions per window. Cheaper than a sliding window, and slightly pessimistic
+    because early tokens of each window see little context; compare models only at the same window.
+    """
+    windows = [token_ids[i:i + window] for i in range(0, len(token_ids), window)]
+    windows = [w for w in windows if len(w) >= 2]  # a 1-token tail has nothing to predict
+    if not windows:
+        raise EvalError("perplexity needs at least 2 tokens - pass a longer text")
+    device = next(model.parameters()).device
+    # full windows go in batches; a shorter last window is a batch of its own (no padding needed anywhere)
+    full = [w for w in windows if len(w) == window]
+    batches = [full[i:i + batch_size] for i in range(0, len(full), batch_size)]
+    batches += [[w] for w in windows if len(w) < window]
+    nll, count = 0.0, 0
+    for batch in batches:
+        x = torch.tensor(batch, dtype=torch.long, device=device)  # (B, T)
+        logits = model(x)[:, :-1].float()                          # (B, T-1, V): log-softmax in fp32
+        # sum, not mean: windows of different length then weigh by their token count, as a corpus mean should
+        nll += F.cross_entropy(logits.reshape(-1, logits.shape[-1]), x[:, 1:].reshape(-1), reduction="sum").item()
+        count += x[:, 1:].numel()  # every window contributes len - 1 predictions, the tail included
+    return math.exp(nll / count)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Synthetic multi-step arithmetic word problems (GSM8K format)
+#
+# Every problem is a start fact plus `steps` operations on one running count, each value (operands and every
+# running total) in 1..max_value, so a tiny model trained on them never meets a number it has not seen. The
+# worked solution restates the start on its own line, then one "Step i: ..., so a op b = c." line per step,
+# then "#### answer": a 1-step problem has exactly one Step line and nothing invites a second one.
+
+NAMES = ["Mia", "Leo", "Ava", "Omar", "Zoe", "Ravi", "Lena", "Sam", "Nora", "Ivan", "Emma", "Kofi", "Yuki",
+         "Ben", "Sofia", "Tom", "Aisha", "Max", "Lucy", "Diego"]
+OBJECTS = ["apples", "marbles", "stickers", "books", "coins", "pencils", "cards", "shells", "stamps", "cookies",
+           "toy cars", "balloons", "beads", "crayons", "eggs", "flowers", "rocks", "buttons", "candles", "kites"]
+# (question sentence, solution phrase) per operation; {b} is the operand, {other} a second person
+TEMPLATES = {
+    "+": [("{name} buys {b} more {obj}.", "{name} buys {b} more"),
+          ("{name} finds {b} more {obj}.", "{name} finds {b} more"),
+          ("{other} gives {name} {b} {obj}.", "{name} gets {b} from {other}")],
+    "-": [("{name} gives {b} {obj} to {other}.", "{name} gives away {b}"),
+          ("{name} loses {b} {obj}.", "{name} loses {b}"),
+          ("{name} sells {b} {obj}.", "{name} sells {b}")],
+    "x": [("{name} ends up with {b} times as many {obj} as before.", "{name} ends up with {b} times as many")],
+    "/": [("{name} splits the {obj} into {b} equal piles and keeps one pile.", "{name} keeps 1 of {b} equal piles")],
+}
+
+
+def feasible_ops(value: int, max_value: int) -> dict[str, list[int]]:
+    """Operation -> the operands b that keep every number in 1..max_value (b >= 2 reads naturally)."""
+    # factors up to 5 and divisors up to 9: the multiplication table a small model can learn; division
+    # only when it is exact and leaves at least 2, so every answer is a whole count
+    ops = {"+": list(range(2, max_value - value + 1)),
+           "-": list(range(2, value)),
+           "x": list(range(2, min(5, max_value // value) + 1)),
+           "/": [b for b in range(2, 10) if value % b == 0 and value // b >= 2]}
+    return {op: bs for op, bs in ops.items() if bs}
+
+
+def make_problem(rng: random.Random, steps: int, max_value: int = 99) -> dict:
+    """One seeded word problem {"question", "answer"} with `steps` operations and a worked solution."""
+    if max_value < 10 or steps < 1:
+        raise EvalError(f"synthetic problems need --max-value >= 10 and --steps >= 1 (got {max_value}, {steps})")
+    name, other = rng.sample(NAMES, 2)  # two different people, so "Tom gives Tom" never happens
+    obj = rng.choice(OBJECTS)
+    value = rng.randint(2, max_value)  # >= 2, so no sentence reads "has 1 apples"
+    question = [f"{name} has {value} {obj}."]
+    solution = [f"{name} starts with {value} {obj}."]
+    for step in range(1, steps + 1):
+        # some operation always fits: value <= max_value - 2 allows "+", else value >= max_value - 1 >= 9 allows "-"
+        op, operands = rng.choice(sorted(feasible_ops(value, max_value).items()))
+        b = rng.choice(operands)  # op first, then operand: "x" and "/" are not drowned by the many "+" operands
+        sentence, phrase = rng.choice(TEMPLATES[op])
+        result = {"+": value + b, "-": value - b, "x": value * b, "/": value // b}[op]
+        words = dict(name=name, other=other, obj=obj, b=b)
+        # the question says what happens; the solution names the same event and writes the arithmetic out,
+        # always "a op b = c." with the running total a first, so every step can be checked by a regex
+        question.append(("Then " if step > 1 else "") + sentence.format(**words))
+        solution.append(f"Step {step}: {phrase.format(**words)}, so {value} {op} {b} = {result}.")
+        value = result
+    question.append(f"How many {obj} does {name} have now?")
+    solution.append(f"#### {value}")
+    return {"question": " ".join(question), "answer": "\n".join(solution)}
+
+
+def make_synthetic(n: int, steps: int, seed: int, max_value: int = 99) -> list[dict]:
+    """n problems of `steps` steps from one seeded RNG: the same arguments give the same list."""
+    rng = random.Random(seed)  # Python's Mersenne Twister: the same sequence on every platform and version
+    return [make_problem(rng, steps, max_value) for _ in range(n)]
+
+
+# ---------------------------------------------------------------------------------------------------------
+
+def write_jsonl(path: str, rows: list[dict]):
+    """One JSON object per line, written to a temporary file and renamed (no half-written output)."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path + ".tmp", "w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    os.replace(path + ".tmp", path)
+
+
+def run(args):
+    """The CLI's work; user errors surface as EvalError / LoadError / TokenizerError."""
+    if args.make_synthetic is not None:
+        if not args.out:
+            raise EvalError("--make-synthetic needs --out FILE.jsonl - say where to write the problems")
+        write_jsonl(args.out, make_synthetic(args.make_synthetic, args.steps, args.seed, args.max_value))
+        print(f"wrote {args.make_synthetic} {args.steps}-step problems (seed {args.seed}) to {args.out}")
+        return
+    if not args.model or not (args.data or args.ppl):
+        raise EvalError("--model and --data (or --ppl) are required - see --help")
+    if args.chat and args.shots:
+        raise EvalError("--chat is zero-shot - drop --shots, or drop --chat for few-shot prompting")
+    if args.shots and not args.fewshot:
+        raise EvalError(f"--shots {args.shots} needs --fewshot TRAIN.jsonl - exemplars come from a train split")
+    if args.ppl and not os.path.isfile(args.ppl):
+        raise EvalError(f"{args.ppl}: no such file - pass a UTF-8 text file to --ppl")
+    items = read_items(args.data) if args.data else []
+    fewshot = read_items(args.fewshot) if args.fewshot and args.shots else []
+    # a seeded subsample, kept in file order: the same --limit/--seed evaluates the same items for every model
+    if args.limit is not None and args.limit < len(items):
+        items = [items[i] for i in sorted(random.Random(args.seed).sample(range(len(items)), args.limit))]
+    select_exemplars(items, fewshot, args.shots)  # fail on a short few-shot file before loading the model
+    model = load_model(args.model, device=args.device)  # fp32: CPUs without bf16 units run bf16 far slower
+    tokenizer = load_tokenizer(args.model)
+    if items:
+        res = evaluate(model, tokenizer, items, shots=args.shots, fewshot_items=fewshot, chat=args.chat,
+                       max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, progress=True)
+        k = sum(p["correct"] for p in res["predictions"])
+        mode = "chat zero-shot" if args.chat else f"{args.shots}-shot"
+        print(f"{args.data}: {mode}, accuracy {res['accuracy']:.3f} ({k}/{res['n']}), "
+              f"95% Wilson [{res['lo']:.3f}, {res['hi']:.3f}]")
+        print(f"mean generated tokens {res['mean_tokens']:.1f}, {res['tokens_per_s']:.1f} tokens/s")
+        if args.out:
+            write_jsonl(args.out, [{k: v for k, v in p.items() if k != "tokens"} for p in res["predictions"]])
+            print(f"predictions written to {args.out}")
+    if args.ppl:
+        with open(args.ppl, encoding="utf-8") as f:
+            ids = tokenizer.encode(f.read())
+        # logits are (B, window, V) fp32: cap B so they stay near 1 GB (49k vocab: 10 windows of 512)
+        batch = max(1, min(args.batch_size, 2**28 // (args.window * model.args.vocab_size)))
+        ppl = perplexity(model, ids, args.window, batch)
+        scored = sum(len(ids[i:i + args.window]) - 1 for i in range(0, len(ids), args.window)
+                     if len(ids[i:i + args.window]) >= 2)
+        print(f"{args.ppl}: perplexity {ppl:.3f} over {scored} predicted tokens "
+              f"(non-overlapping {args.window}-token windows; each window's first token is context only)")
+
+
+def main():
+    parser = argparse.ArgumentParser(description="Chain-of-thought accuracy (GSM8K format), perplexity, "
+                                                 "and a synthetic arithmetic problem generator.")
+    parser.add_argument("--model", help="HF checkpoint directory")
+    parser.add_argument("--data", help="JSONL with 'question' and 'answer' ('... #### N' or a number)")
+    parser.add_argument("--limit", type=int, help="evaluate a seeded random subset of N items")
+    parser.add_argument("--seed", type=int, default=0, help="subsampling / synthetic-generator seed")
+    parser.add_argument("--shots", type=int, default=0, help="few-shot exemplars (plain Question/Answer format)")
+    parser.add_argument("--fewshot", help="JSONL train split the exemplars come from")
+    parser.add_argument("--chat", action="store_true", help="zero-shot through the tokenizer's chat format")
+    parser.add_argument("--max-new-tokens", type=int, default=256)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--out", help="predictions JSONL (or the synthetic problems with --make-synthetic)")
+    parser.add_argument("--ppl", help="text file: report token perplexity")
+    parser.add_argument("--window", type=int, default=512, help="perplexity window in tokens")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--make-synthetic", type=int, metavar="N", help="write N synthetic problems to --out")
+    parser.add_argument("--steps", type=int, default=2, help="operations per synthetic problem")
+    parser.add_argument("--max-value", type=int, default=99, help="largest number in a synthetic problem")
+    args = parser.parse_args()
+    torch.manual_seed(args.seed)  # greedy decoding draws nothing, but a sampling variant would
+    try:
+        # argparse checks types, not ranges; a zero batch or window would fail deep inside with a traceback
+        for flag in ("limit", "batch_size", "max_new_tokens", "window", "make_synthetic"):
+            value = getattr(args, flag)
+            if value is not None and value < 1 + (flag == "window"):  # a window needs 2 tokens to predict one
+                raise EvalError(f"--{flag.replace('_', '-')} {value} is too small - pass a positive count")
+        if args.shots < 0:
+            raise EvalError(f"--shots {args.shots} is negative - pass 0 or more")
+        print(json.dumps({k: v for k, v in vars(args).items() if v is not None}))  # the resolved config
+        run(args)
+    except (EvalError, LoadError, TokenizerError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

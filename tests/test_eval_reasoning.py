@@ -1,0 +1,356 @@
+"""Tests for eval_reasoning.py: answer extraction, the synthetic generator, batched greedy decoding against
+unbatched decoding and against `transformers`, perplexity against transformers' loss, and CLI errors.
+
+Run as: OMP_NUM_THREADS=1 pytest tests/test_eval_reasoning.py     (-m "not slow" skips the real teacher)
+"""
+import json
+import math
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import eval_reasoning as er
+from load_weights import load_model
+from model import generate
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# ---------------------------------------------------------------------------------------------------------
+# Answer extraction: generations in the shapes real models write them, and the number we must read
+
+EXTRACTION = [
+    ("She has 5 + 7 = 12 apples. The answer is 12.", "12"),
+    ("So the total is $1,234. The answer is $1,234.", "1234"),
+    ("The answer is: $18", "18"),
+    ("The answer is **42**.", "42"),
+    ("Therefore, the answer is $\\boxed{72}$.", "72"),
+    ("The final answer is 3.", "3"),
+    ("the answer is 7 apples, because 3 + 4 = 7", "7"),
+    ("The answer is 12.\nThe answer is 12.\nThe answer is 12.", "12"),                 # SmolLM2 repeats itself
+    ("The answer is 5.\n\nThe answer is N.", "5"),                                     # echoes the instruction
+    ("The answer is N, where N = 17.", "17"),
+    ("Natalia sold 48/2 = 24 clips in May.\nNatalia sold 48+24 = 72 clips.\n#### 72", "72"),
+    ("#### 42", "42"),
+    ("####42", "42"),
+    ("5 + 5 = 10\n#### 10\n\nSome trailing text with 99 in it.", "10"),
+    ("The answer is 8.\n#### 9", "8"),                                                 # "The answer is" first
+    ("He pays 3 * 4 = 12 dollars, then gets 2 back, so 10 dollars in total.", "10"),    # last number
+    ("The temperature drops to -5 degrees.", "-5"),
+    ("The answer is -3.", "-3"),
+    ("The answer is −4.", "-4"),                                                       # Unicode minus
+    ("She owes -$20 now. The answer is -$20.", "-20"),
+    ("The difference is 5-7 years, so 7.", "7"),                                      # a range, not -7
+    ("Each share is 2.5 pounds. The answer is 2.5.", "2.5"),
+    ("It costs $0.75 each.", "0.75"),
+    ("Half of it is 3/4 cup. The answer is 3/4.", "3/4"),
+    ("Total: 1,000,000 grains", "1000000"),
+    ("The answer is 1,234,567.", "1234567"),
+    ("So 50% of them left. The answer is 50%.", "50"),
+    ("I don't know how to solve this problem.", None),
+    ("", None),
+    ("The answer is unclear.", None),
+    ("First 3 + 4 = 7.\nThe answer is 7.\n\nQuestion: Tom has 9 apples. How many are left?\nAnswer: 9", "7"),
+    ("3 + 4 = 7 apples in total.\nQuestion: Ann has 12 pears.", "7"),               # cut before the new question
+    ("Step 1: 12 + 5 = 17.\nStep 2: 17 - 3 = 14.\n#### 14", "14"),
+    ("Mia starts with 6 eggs.\nStep 1: Mia keeps 1 of 3 equal piles, so 6 / 3 = 2.", "2"),
+    ("The answer is 18.0", "18.0"),
+]
+
+
+@pytest.mark.parametrize("text,expected", EXTRACTION)
+def test_extract_answer(text, expected):
+    assert er.extract_answer(text) == expected
+
+
+def test_extraction_table_is_big_enough():
+    assert len(EXTRACTION) >= 30
+
+
+def test_numeric_comparison_and_gold():
+    assert er.is_correct("18.0", "18") and er.is_correct("0.75", "3/4") and er.is_correct("-20", "-20")
+    assert not er.is_correct(None, "3") and not er.is_correct("12", "13")
+    assert er.parse_number("$1,234.") == 1234 and er.parse_number("3/0") is None and er.parse_number("x") is None
+    assert er.gold_answer("Half of 48 is <<48/2=24>>24.\n#### 1,234") == "1234"
+    assert er.gold_answer(72) == "72" and er.gold_answer("72") == "72" and er.gold_answer(" -3.5 ") == "-3.5"
+    assert er.gold_answer("#### many") is None and er.gold_answer("no number") is None and er.gold_answer(None) is None
+
+
+def test_wilson_interval():
+    # reference values: Wilson (1927) score interval, z = 1.96
+    lo, hi = er.wilson_interval(5, 10)
+    assert lo == pytest.approx(0.2366, abs=1e-4) and hi == pytest.approx(0.7634, abs=1e-4)
+    lo, hi = er.wilson_interval(0, 10)
+    assert lo == 0.0 and hi == pytest.approx(0.2775, abs=1e-4)
+    assert er.wilson_interval(10, 10)[1] == 1.0
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Synthetic generator
+
+STEP_LINE = re.compile(r"Step (\d+): .+, so (\d+) ([-+x/]) (\d+) = (\d+)\.")
+
+
+@pytest.mark.parametrize("steps,max_value", [(1, 99), (2, 99), (4, 99), (6, 20), (3, 10)])
+def test_synthetic_problems_are_correct(steps, max_value):
+    problems = er.make_synthetic(150, steps, seed=7, max_value=max_value)
+    assert problems == er.make_synthetic(150, steps, seed=7, max_value=max_value)  # deterministic by seed
+    assert problems != er.make_synthetic(150, steps, seed=8, max_value=max_value)
+    # the solution's arithmetic is checked by re-doing it, not by trusting the generator's own bookkeeping
+    apply = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "x": lambda a, b: a * b, "/": lambda a, b: a / b}
+    for p in problems:
+        lines = p["answer"].split("\n")
+        start = int(re.search(r"starts with (\d+) ", lines[0]).group(1))
+        assert len(lines) == steps + 2 and lines[-1].startswith("#### ")
+        value = start
+        for i, line in enumerate(lines[1:-1], 1):
+            step, a, op, b, c = STEP_LINE.fullmatch(line).groups()
+            assert int(step) == i and int(a) == value and apply[op](int(a), int(b)) == int(c)
+            assert all(1 <= int(v) <= max_value for v in (a, b, c))
+            value = int(c)
+        assert 1 <= start <= max_value
+        # the "####" line, the extractor's reading of the whole solution and the replayed steps agree
+        assert er.gold_answer(p["answer"]) == er.extract_answer(p["answer"]) == str(value)
+        assert p["question"].count("?") == 1 and f" {start} " in p["question"]
+    assert len({p["question"] for p in problems}) > 0.9 * len(problems)  # varied, not one template
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Batched decoding on tiny random models (raw token ids; tiny models have no tokenizer)
+
+class ByteTokenizer:
+    """A stand-in tokenizer for the tiny vocab-256 models: one token per byte, no bos, no eos."""
+    bos_id, eos_id, eos_ids, vocab_size = None, None, [], 256
+
+    def encode(self, text, *, bos=False, eos=False):
+        return list(text.encode("utf-8"))
+
+    def decode(self, ids):
+        return bytes(ids).decode("utf-8", errors="replace")
+
+
+PROMPTS = [[5, 17, 99, 3], [7], list(range(30, 61)), [200, 201, 202, 9, 9, 9, 9, 4, 100], list(range(1, 14))]
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2", "qwen3"])
+def test_batched_greedy_equals_unbatched_tiny(tiny_model, family):
+    model = load_model(tiny_model(family))
+    # prompts of 1 to 31 tokens: the batch pads the short ones by up to 30 positions on the left
+    batched = generate(model, PROMPTS, max_new_tokens=12)
+    single = [generate(model, [p], max_new_tokens=12)[0] for p in PROMPTS]
+    assert batched == single and all(len(t) == 12 for t in batched)
+    # rows that stop early (eos / stop hook) leave the batch; the others must not change
+    eos = [single[0][3]]
+    stopped = generate(model, PROMPTS, max_new_tokens=12, eos_ids=eos, stop=lambda t: len(t) >= 2 and t[-1] % 7 == 0)
+    for row, full in zip(stopped, single):
+        assert full[:len(row)] == row
+    assert len(stopped[0]) <= 3 and any(len(row) < 12 for row in stopped[1:])  # the early exits did happen
+
+
+def test_evaluate_restores_order_tiny(tiny_model):
+    """evaluate sorts prompts by length for batching; predictions must come back in item order."""
+    model, tok = load_model(tiny_model("llama")), ByteTokenizer()
+    items = [{"question": "q" * n, "answer": f"#### {n}"} for n in (3, 40, 1, 17, 8)]
+    res = er.evaluate(model, tok, items, max_new_tokens=6, batch_size=2)
+    for item, pred in zip(items, res["predictions"]):
+        assert pred["prompt"] == f"Question: {item['question']}\nAnswer:"
+        assert pred["tokens"] == generate(model, [tok.encode(pred["prompt"])], max_new_tokens=6)[0]
+        assert pred["gold"] == er.gold_answer(item["answer"])
+    assert res["n"] == 5 and res["mean_tokens"] == 6 and res["tokens_per_s"] > 0
+    fewshot = [{"question": "q" * 3, "answer": "#### 3"}, {"question": "train", "answer": "1 + 1 = 2\n#### 2"}]
+    res = er.evaluate(model, tok, items[:1], shots=1, fewshot_items=fewshot, max_new_tokens=2)
+    assert res["predictions"][0]["prompt"] == "Question: train\nAnswer: 1 + 1 = 2\n#### 2\n\nQuestion: qqq\nAnswer:"
+
+
+def test_question_stop_hook():
+    stop = er.question_stop(ByteTokenizer())  # one byte per token: "Question:" spans 9 tokens, the worst case
+    assert stop(list(b"7 apples.\n\nQuestion:")) and not stop(list(b"7 apples.\n\nQuestion"))
+    assert stop(list(b"x" * 100 + b"Question:"))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Perplexity against transformers' loss
+
+def hf_perplexity(hf, ids, window):
+    """exp of transformers' mean token loss over the same non-overlapping windows."""
+    nll, count = 0.0, 0
+    # transformers' loss is the mean over len - 1 shifted labels; times len - 1 gives the window's sum back
+    for i in range(0, len(ids), window):
+        w = ids[i:i + window]
+        if len(w) >= 2:
+            with torch.no_grad():
+                loss = hf(input_ids=torch.tensor([w]), labels=torch.tensor([w])).loss.item()
+            nll, count = nll + loss * (len(w) - 1), count + len(w) - 1
+    return math.exp(nll / count)
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2"])
+def test_perplexity_matches_transformers_tiny(tiny_model, family):
+    import transformers
+    path = tiny_model(family)
+    # random ids are fine: the claim is arithmetic (same windows, same loss), not that the text is natural
+    ids = torch.randint(0, 256, (203,), generator=torch.Generator().manual_seed(0)).tolist()
+    hf = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    ours = er.perplexity(load_model(path), ids, window=64, batch_size=2)  # 3 full windows + an 11-token tail
+    assert ours == pytest.approx(hf_perplexity(hf, ids, 64), rel=1e-4)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# CLI errors: one line on stderr, exit 2, no traceback
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, str(ROOT / "eval_reasoning.py"), *map(str, args)],
+                          capture_output=True, text=True, cwd=ROOT, timeout=120)
+
+
+def run_main(capsys, monkeypatch, *args):
+    """main() in this process (a subprocess costs seconds of imports): (exit code, stderr)."""
+    monkeypatch.setattr(sys, "argv", ["eval_reasoning.py", *map(str, args)])
+    with pytest.raises(SystemExit) as exit_info:
+        er.main()
+    return exit_info.value.code, capsys.readouterr().err
+
+
+def assert_user_error(code, stderr, *needles):
+    lines = stderr.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("error:"), stderr
+    assert "Traceback" not in stderr and all(n in lines[0] for n in needles), lines[0]
+
+
+def test_cli_errors(tmp_path, capsys, monkeypatch):
+    good = tmp_path / "good.jsonl"
+    good.write_text(json.dumps({"question": "1 + 1?", "answer": "1 + 1 = 2\n#### 2"}) + "\n")
+    bad_json = tmp_path / "bad.jsonl"
+    bad_json.write_text(good.read_text() + "\n" + '{"question": "x", "answer": "#### 3"\n')  # blank line 2
+    no_gold = tmp_path / "nogold.jsonl"
+    no_gold.write_text(good.read_text() + json.dumps({"question": "?", "answer": "many"}) + "\n")
+    no_question = tmp_path / "noq.jsonl"
+    no_question.write_text(json.dumps({"answer": "#### 3"}) + "\n")
+    missing = tmp_path / "nope"
+    # two real processes: the whole path from argv to exit status, with nothing else on stderr
+    proc = run_cli("--model", missing, "--data", bad_json)
+    assert_user_error(proc.returncode, proc.stderr, f"{bad_json}:3", "not valid JSON")
+    proc = run_cli("--model", missing, "--data", good)
+    assert_user_error(proc.returncode, proc.stderr, "no such directory")
+    cases = [
+        (("--data", missing / "x.jsonl"), ["no such file"]),
+        (("--data", no_gold), [f"{no_gold}:2", "no numeric gold answer"]),
+        (("--data", no_question), [f"{no_question}:1", "question"]),
+        (("--data", good, "--shots", 2, "--fewshot", good), ["--shots 2", "0 few-shot exemplars"]),  # item = test
+        (("--data", good, "--shots", 1), ["--fewshot"]),
+        (("--data", good, "--shots", 1, "--fewshot", good, "--chat"), ["zero-shot"]),
+        (("--data", good, "--batch-size", 0), ["--batch-size"]),
+        (("--data", good, "--ppl", missing / "t.txt"), ["no such file"]),
+    ]
+    for args, needles in cases:
+        assert_user_error(*run_main(capsys, monkeypatch, "--model", missing, *args), *needles)
+    assert_user_error(*run_main(capsys, monkeypatch, "--make-synthetic", 5, "--steps", 2), "--out")
+
+
+def test_cli_make_synthetic(tmp_path, monkeypatch):
+    out = tmp_path / "syn.jsonl"
+    monkeypatch.setattr(sys, "argv", ["eval_reasoning.py", "--make-synthetic", "20", "--steps", "3", "--seed", "4",
+                                      "--max-value", "50", "--out", str(out)])
+    er.main()
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert rows == er.make_synthetic(20, 3, seed=4, max_value=50)
+    assert er.read_items(str(out))[0]["gold"] == er.gold_answer(rows[0]["answer"])
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The real example teacher (SmolLM2-135M-Instruct) against transformers
+
+@pytest.fixture(scope="module")
+def teacher(example_teacher):
+    import transformers
+    from tokenizer import load_tokenizer
+    hf = transformers.AutoModelForCausalLM.from_pretrained(example_teacher, dtype=torch.float32).eval()
+    return load_model(example_teacher), load_tokenizer(example_teacher), hf
+
+
+@pytest.mark.slow
+def test_batched_equals_unbatched_and_hf_generate_teacher(teacher):
+    """Few prompts of different lengths: our batch, our batch of one, and transformers' generate agree."""
+    model, tok, hf = teacher
+    texts = ["Question: Tom has 3 apples and buys 4 more. How many apples does he have?\nAnswer:",
+             "The capital of France is", "1, 2, 3, 4,",
+             tok.chat([{"role": "user", "content": "What is 12 + 30? Answer briefly."}])]
+    prompts = [tok.encode(t) for t in texts]
+    batched = generate(model, prompts, max_new_tokens=16)  # no eos_ids: every row runs all 16 steps
+    for p, row in zip(prompts, batched):
+        assert row == generate(model, [p], max_new_tokens=16)[0]
+        # eos off on transformers' side too (min_new_tokens), so both produce exactly 16 tokens
+        out = hf.generate(torch.tensor([p]), max_new_tokens=16, do_sample=False, eos_token_id=None,
+                          min_new_tokens=16, pad_token_id=tok.eos_id)
+        assert row == out[0, len(p):].tolist()
+
+
+def hf_next_tokens(hf, prompt_ids: list[int], generated: list[int]) -> torch.Tensor:
+    """transformers' next-token logits (len(generated) + 1, V) after prompt + generated[:j], j = 0..len,
+    from ONE unpadded, uncached forward pass."""
+    with torch.no_grad():
+        return hf(input_ids=torch.tensor([prompt_ids + generated])).logits[0, len(prompt_ids) - 1:].float()
+
+
+@pytest.mark.slow
+def test_generations_and_accuracy_match_transformers_teacher(teacher):
+    """32 synthetic problems, chat zero-shot: every generation is transformers' greedy generation.
+
+    NOTE: transformers' `generate` at batch 1 runs ~5-10 tokens/s on this shared 2-core CPU, so 32 x 64
+    tokens would take minutes. Greedy decoding is "append the argmax, stop at eos": so our tokens ARE
+    transformers' greedy generation iff, in one unpadded forward of transformers over prompt + our tokens,
+    the argmax at every position is our next token and, where our row ended early, transformers' argmax is
+    an eos (or our "Question:" stop fired, which cuts both alike). That is what we check, one prompt at a
+    time; the test above runs `generate(do_sample=False)` itself on a few prompts.
+    """
+    model, tok, hf = teacher
+    # 1-step problems and 64 new tokens: the cheapest setting in which the teacher still finishes some answers
+    # (3 of these 32 are right), so the accuracy comparison is not a trivial 0 == 0
+    items = er.make_synthetic(32, 1, seed=11)
+    max_new = 64
+    res = er.evaluate(model, tok, items, chat=True, max_new_tokens=max_new, batch_size=32)  # one batch: fewest steps
+    stop, hf_correct = er.question_stop(tok), 0
+    for item, pred in zip(items, res["predictions"]):
+        ours = pred["tokens"]  # eos excluded; the prompt is re-encoded from the text written to predictions
+        logits = hf_next_tokens(hf, tok.encode(pred["prompt"]), ours)
+        hf_tokens = logits.argmax(-1).tolist()
+        for j, (a, b) in enumerate(zip(hf_tokens, ours)):
+            # the one legitimate difference would be an fp tie (top-2 logits within rounding): report the gap
+            gap = (lambda top2: float(top2[0] - top2[1]))(logits[j].topk(2).values)
+            assert a == b, f"{pred['prompt']!r}: token {j} differs from transformers (top-2 gap {gap:.2e})"
+        assert not any(stop(ours[:j]) for j in range(1, len(ours))), "the stop hook fired late"
+        if len(ours) < max_new and not stop(ours):  # our row ended at an eos: transformers' too
+            assert hf_tokens[len(ours)] in tok.eos_ids
+        hf_correct += er.is_correct(er.extract_answer(tok.decode(hf_tokens[:len(ours)])), pred["gold"])
+    assert res["accuracy"] == hf_correct / len(items)
+    assert res["n"] == 32 and 0 < res["mean_tokens"] <= max_new
+
+
+@pytest.mark.slow
+def test_cli_end_to_end_teacher(example_teacher, tmp_path, monkeypatch, capsys):
+    """The command line on the real teacher: few-shot prompts, predictions file, perplexity line."""
+    test, train, text = tmp_path / "test.jsonl", tmp_path / "train.jsonl", tmp_path / "text.txt"
+    er.write_jsonl(str(test), er.make_synthetic(5, 1, seed=1))
+    er.write_jsonl(str(train), er.make_synthetic(3, 1, seed=2))
+    text.write_text("Mia has 12 apples. She buys 5 more, so she has 17 apples now. " * 5)
+    argv = ["--model", example_teacher, "--data", test, "--limit", 3, "--shots", 2, "--fewshot", train,
+            "--max-new-tokens", 8, "--out", tmp_path / "preds.jsonl", "--ppl", text, "--window", 32]
+    monkeypatch.setattr(sys, "argv", ["eval_reasoning.py", *map(str, argv)])
+    er.main()
+    out = capsys.readouterr().out
+    assert "2-shot, accuracy" in out and "95% Wilson" in out and "perplexity" in out
+    preds = [json.loads(line) for line in (tmp_path / "preds.jsonl").read_text().splitlines()]
+    assert len(preds) == 3 and set(preds[0]) == {"prompt", "gold", "generation", "extracted", "correct"}
+    # the exact prompt: SmolLM2's configured bos written out, two train exemplars, then the test question
+    assert preds[0]["prompt"].startswith("<|im_start|>Question: ") and preds[0]["prompt"].count("Question:") == 3
+
+
+@pytest.mark.slow
+def test_perplexity_matches_transformers_teacher(teacher):
+    model, tok, hf = teacher
+    text = " ".join(p["question"] + "\n" + p["answer"] for p in er.make_synthetic(4, 3, seed=3))
+    ids = tok.encode(text)
+    assert er.perplexity(model, ids, window=100, batch_size=4) == pytest.approx(hf_perplexity(hf, ids, 100), rel=1e-4)
