@@ -222,7 +222,7 @@ def sample_teacher(teacher, tokenizer, n_seq: int, seq_len: int, *, seed: int, b
         while len(stream) < need:  # samples that stop early leave room: keep sampling new documents
             rows = min(batch_size, -(-(need - len(stream)) // (seq_len + 2)))  # no more rows than can fit
             for new in generate(teacher, [start] * rows, max_new_tokens=seq_len, temperature=1.0,
-                                generator=g, eos_ids=tokenizer.eos_ids):
+                                generator=g, eos_ids=tokenizer.eos_ids, vocab_size=tokenizer.vocab_size):
                 doc = start + new + [tokenizer.eos_id]
                 bar.update(min(len(doc), need - len(stream)))
                 stream.extend(doc)

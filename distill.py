@@ -17,6 +17,9 @@ the accumulated weight gradients into projection gradients (student.backward_thr
 Scale-out: `torchrun --nproc_per_node N distill.py ...` runs data parallel: every rank holds the teacher,
 walks its slice of each global batch, and the gradients are all-reduced once per optimizer step (the
 accumulation never syncs, which is what DDP's no_sync() buys). Without torchrun it runs in one process.
+`--fsdp` (under torchrun) is for a teacher too big for one device: FSDP2's fully_shard splits each teacher
+block over the ranks and gathers it only while it runs; the student (small) stays whole on every rank, and
+materialize()/backward_through() gather one teacher weight at a time.
 
 Builds on student.py, init_select.py, data.py, erank.py. Run as:
     python distill.py --teacher DIR --width W [--data FILE ...] [--preset red|lrc] [--steps N] [--out DIR]
@@ -40,7 +43,7 @@ from data import Batches, DataError, load_sources, val_batches
 from erank import erank
 from init_select import InitError, init_projections
 from load_weights import LoadError, load_model, replace_dir, save_model
-from student import Student, StudentError, backward_through, leaf_copies
+from student import Student, StudentError, backward_through, leaf_copies, unsharded
 from tokenizer import TokenizerError, load_tokenizer
 
 PRESETS = {"red": dict(init="select", kl_temperature=1.0, alpha=0.2),
@@ -99,7 +102,7 @@ class CloneTaps(dict):
         if name in ("q", "k", "v", "gate", "up"):  # same space for teacher and student
             target = self.t[key]
         elif name == "attn_heads":  # LRC's code compares attention output in teacher space (D_t)
-            Wo = self.teacher.layers[int(layer)].self_attn.o_proj.weight  # (D_t, H*Dh)
+            Wo = unsharded(self.teacher.layers[int(layer)].self_attn.o_proj.weight)  # (D_t, H*Dh)
             name, x, target = "attn_out", x @ Wo.T.to(x.dtype), self.t[f"{layer}.attn_out"]
         elif name == "mlp_out":  # student space (W): the teacher's MLP output through P_down (LRC Lemma 1)
             P_down = self.student.layers[int(layer)]["down"]  # (D_t, W)
@@ -154,6 +157,17 @@ def load_checkpoint(path: str, student: Student, optimizer):
         optimizer.state[p] = {k.split(".", 1)[1]: opt[k].to(p.device) if opt[k].dim() else opt[k] for k in keys}
 
 
+def shard_teacher(teacher, device: str):
+    """FSDP2: every block's weights (and, at the root, embedding, final norm and LM head) split over the ranks,
+    all-gathered just before the block runs and freed after it."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+    mesh = init_device_mesh(device.split(":")[0], (dist.get_world_size(),))
+    for block in teacher.layers:
+        fully_shard(block, mesh=mesh)  # moves the block's shard to this rank's device
+    fully_shard(teacher, mesh=mesh)
+
+
 def all_reduce_grads(params: list, world_size: int):
     """Average gradients over ranks in one flat buffer (once per optimizer step)."""
     grads = [p.grad for p in params]
@@ -169,8 +183,8 @@ def all_reduce_grads(params: list, world_size: int):
 
 def train_step(student: Student, teacher, micro_batches: list, cfg, autocast) -> dict:
     """Forward/backward every micro-batch against one materialisation; leaves the grads on the projections."""
-    weights = student.materialize()   # LRC: W_s = W_t P for every weight, once per step
-    leaves = leaf_copies(weights)
+    with torch.no_grad():
+        leaves = leaf_copies(student.materialize())  # LRC: W_s = W_t P for every weight, once per step
     step_tokens = sum(t.numel() for t in micro_batches)
     logs = {}
     for tokens in micro_batches:
@@ -192,7 +206,7 @@ def train_step(student: Student, teacher, micro_batches: list, cfg, autocast) ->
         (loss * tokens.numel() / step_tokens).backward()
         for name, value in {"loss": loss, **terms, **s_taps.loss}.items():
             logs[name] = logs.get(name, 0.0) + float(torch.as_tensor(value).detach()) * tokens.numel() / step_tokens
-    backward_through(weights, leaves)  # d loss / d P, one pass through the materialisation
+    backward_through(student, leaves)  # d loss / d P, one pass through the materialisation
     return logs
 
 
@@ -248,6 +262,8 @@ def parse_args(argv=None):
     add("--resume", action="store_true", help="continue from <run-dir>/checkpoint")
     add("--seed", type=int, default=0)
     add("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    add("--fsdp", action="store_true", help="shard the teacher over the torchrun ranks (FSDP2), for a teacher "
+                                            "larger than one device")
     args = parser.parse_args(argv)
     if args.preset not in PRESETS:
         fail(f"unknown preset {args.preset!r} - use one of {', '.join(PRESETS)}")
@@ -304,8 +320,15 @@ def main(argv=None):
         ckpt_path = os.path.join(cfg.run_dir, "checkpoint")
         if cfg.resume and not os.path.isfile(os.path.join(ckpt_path, "state.json")):
             raise RunError(f"{ckpt_path}: no checkpoint to resume - drop --resume or pass the run's --run-dir")
-        teacher = load_model(cfg.teacher, device=cfg.device, dtype=torch.bfloat16 if on_gpu else torch.float32)
+        if cfg.fsdp and world == 1:
+            raise RunError("--fsdp shards the teacher over several processes - launch with torchrun "
+                           "--nproc_per_node N (N >= 2), or drop --fsdp")
+        # --fsdp: each rank reads the whole teacher into host memory once; sharding moves its part to the device
+        teacher = load_model(cfg.teacher, device="cpu" if cfg.fsdp else cfg.device,
+                             dtype=torch.bfloat16 if on_gpu else torch.float32)
         teacher.requires_grad_(False)
+        if cfg.fsdp:
+            shard_teacher(teacher, cfg.device)
         if cfg.seq_len > teacher.args.max_seq_len:
             raise RunError(f"--seq-len {cfg.seq_len} exceeds the teacher's {teacher.args.max_seq_len} positions - "
                            "lower --seq-len")
@@ -318,11 +341,15 @@ def main(argv=None):
             raise RunError(f"{cfg.teacher}: tokenizer has {tok.vocab_size} ids but the embedding only "
                            f"{teacher.args.vocab_size} rows - the tokenizer does not belong to this model")
         cfg.vocab_size = tok.vocab_size
-        if rank != 0:  # rank 0 samples and caches self:N data first; the others read the cache
+        # self:N data: rank 0 samples and caches it while the others wait, then they read the cache. A sharded
+        # teacher needs every rank in each forward, so under --fsdp all ranks sample the same sequences in
+        # lockstep (same seed) and each writes the identical cache file atomically.
+        wait_for_rank0 = world > 1 and not cfg.fsdp
+        if wait_for_rank0 and rank != 0:
             dist.barrier()
         data = load_sources(cfg.data, tok, cfg.seq_len, val_fraction=cfg.val_fraction, teacher=teacher,
                             run_dir=cfg.run_dir, seed=cfg.seed)
-        if rank == 0 and world > 1:
+        if wait_for_rank0 and rank == 0:
             dist.barrier()
         stream = Batches(data, cfg.batch_size, seed=cfg.seed, rank=rank, world_size=world)
         calib = [Batches(data, cfg.calib, seed=cfg.seed + 1).next().to(cfg.device)]  # same on every rank
@@ -350,7 +377,9 @@ def main(argv=None):
         os.makedirs(cfg.run_dir, exist_ok=True)
         with open(os.path.join(cfg.run_dir, "config.json"), "w") as f:
             json.dump(config | {"init_info": {k: v for k, v in info.items() if k != "scores"}}, f, indent=1)
-    val = list(val_batches(data, cfg.batch_size, rank=rank, world_size=world))[:cfg.val_batches]
+    # every rank validates on the same whole held-out batches: the figures are the full split's, and under
+    # --fsdp each forward of the sharded teacher needs all ranks anyway
+    val = list(val_batches(data, cfg.batch_size))[:cfg.val_batches]
     val = [b.to(cfg.device) for b in val if len(b)]
     params = list(student.parameters())
 
@@ -401,25 +430,26 @@ def main(argv=None):
             sys.exit(130)
     bar.close()
 
+    merged = student.merge()  # on every rank: under --fsdp it gathers teacher weights collectively
     if rank == 0:
-        save_model(student.merge(), cfg.out, like=cfg.teacher)
-        summary(teacher, student, val, cfg)
+        save_model(merged, cfg.out, like=cfg.teacher)
+    summary(teacher, student, val, cfg, log)
     if world > 1:
         dist.destroy_process_group()
 
 
-def summary(teacher, student: Student, val: list, cfg):
+def summary(teacher, student: Student, val: list, cfg, log=print):
     """Teacher vs student: parameters, validation loss/perplexity, mean residual eRank (Diff-eRank)."""
     with torch.no_grad():
         rows = {"teacher": validate(teacher, val, erank_layers=True) if val else {},
                 "student": validate(student, val, erank_layers=True) if val else {}}
     params = {"teacher": sum(p.numel() for p in teacher.parameters()),
               "student": sum(v.numel() for v in student.materialize().values())}
-    print(f"\n{'':10s} {'params':>10s} {'val loss':>9s} {'val ppl':>9s} {'eRank(sq)':>10s}")
+    log(f"\n{'':10s} {'params':>10s} {'val loss':>9s} {'val ppl':>9s} {'eRank(sq)':>10s}")
     for name, r in rows.items():
-        print(f"{name:10s} {params[name] / 1e6:9.1f}M {r.get('val_loss', float('nan')):9.3f} "
-              f"{r.get('val_ppl', float('nan')):9.2f} {r.get('erank', float('nan')):10.1f}")
-    print(f"student written to {cfg.out} (trained state in {cfg.run_dir})")
+        log(f"{name:10s} {params[name] / 1e6:9.1f}M {r.get('val_loss', float('nan')):9.3f} "
+            f"{r.get('val_ppl', float('nan')):9.2f} {r.get('erank', float('nan')):10.1f}")
+    log(f"student written to {cfg.out} (trained state in {cfg.run_dir})")
 
 
 if __name__ == "__main__":

@@ -222,7 +222,7 @@ def evaluate(model, tokenizer, items: list[dict], *, shots: int = 0, fewshot_ite
         rows = order[start:start + batch_size]
         t0 = time.perf_counter()  # tokens/s times decoding only (prefill included), not tokenization
         out = generate(model, [prompt_ids[i] for i in rows], max_new_tokens=max_new_tokens,
-                       eos_ids=tokenizer.eos_ids, stop=stop, pad_id=pad_id)
+                       eos_ids=tokenizer.eos_ids, stop=stop, pad_id=pad_id, vocab_size=tokenizer.vocab_size)
         seconds += time.perf_counter() - t0
         for i, tokens in zip(rows, out):
             generated[i] = tokens

@@ -35,7 +35,7 @@ from data import DataError, read_documents
 from erank import erank
 from load_weights import LoadError, load_model
 from model import Transformer
-from student import Student, StudentError, check_width, state_shapes
+from student import Student, StudentError, check_width, state_shapes, unsharded
 from tokenizer import TokenizerError, load_tokenizer
 
 KINDS = ("select", "random_select", "gaussian", "orthogonal", "pca")
@@ -90,7 +90,7 @@ class RmsRatioTaps(dict):
     def __init__(self, teacher: Transformer, channels: torch.Tensor, skip_first: bool):
         super().__init__()
         self.channels, self.first, self.last = channels, int(skip_first), teacher.args.n_layers - 1
-        self.gains = {f"{i}.{tap}": getattr(layer, gain).weight.detach()[channels].float()
+        self.gains = {f"{i}.{tap}": unsharded(getattr(layer, gain).weight).detach()[channels].float()
                       for i, layer in enumerate(teacher.layers) for tap, gain in NORM_SITES.items()}
         self.eps = teacher.args.norm_eps
         self.ratios: dict[str, list[torch.Tensor]] = {}
@@ -127,7 +127,7 @@ class SecondMomentTaps(dict):
             self.moment = m if self.moment is None else self.moment + m
 
 
-@torch.inference_mode()
+@torch.no_grad()  # not inference_mode: FSDP2 would keep its gather buffers as inference tensors (distill --fsdp)
 def calibrate(teacher: Transformer, batches, taps: dict) -> dict:
     """One teacher forward per (B, T) token batch, feeding `taps`; the LM head runs on the last token only."""
     device = teacher.embed_tokens.weight.device
@@ -213,7 +213,7 @@ def init_projections(kind: str, teacher: Transformer, width: int, *, batches=Non
         projections = {name: P.clone() for name in proj_shapes}  # one S, independent copies that train apart
         # student gains = the teacher's gains on the kept channels (what Minitron's pruning does)
         t = dict(teacher.named_parameters())
-        norms = {name: t[name + ".weight"][channels].detach().float().clone() for name in norm_shapes}
+        norms = {name: unsharded(t[name + ".weight"])[channels].detach().float().clone() for name in norm_shapes}
         if rms_correction:  # METHOD §3.3 step 5 (teacher_sel_rms): c = median rms(x_S) / rms(x), per site
             ratios = calibrate(teacher, batches, RmsRatioTaps(teacher, channels, skip_first)).medians()
             norms = {name: g * ratios[name] for name, g in norms.items()}

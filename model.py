@@ -222,10 +222,10 @@ class Attention(nn.Module):
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if cache is not None:
             k, v = cache.update(self.layer, k, v)  # (B, K, S, Dh)
-        # GQA: each group of H/K query heads shares one kv head
-        k = k.repeat_interleave(self.n_heads // self.n_kv_heads, dim=1)  # (B, H, S, Dh)
-        v = v.repeat_interleave(self.n_heads // self.n_kv_heads, dim=1)  # (B, H, S, Dh)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None and T > 1)  # (B, H, T, Dh)
+        # GQA: each group of H/K query heads shares one kv head; enable_gqa reads the shared head in place
+        # (copying K and V out to H heads would move the whole cache through memory at every decoding step)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None and T > 1,
+                                           enable_gqa=self.n_kv_heads != self.n_heads)  # (B, H, T, Dh)
         y = y.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim)  # (B, T, H*Dh)
         _tap(taps, f"{self.layer}.attn_heads", y)  # o_proj's input: LRC compares y @ Wo_t^T in teacher space
         return self.o_proj(y)
@@ -325,16 +325,17 @@ class Transformer(nn.Module):
 # ---------------------------------------------------------------------------------------------------------
 # Generation
 
-@torch.inference_mode()
+@torch.no_grad()  # not inference_mode: FSDP2 would keep its gather buffers as inference tensors (distill --fsdp)
 def generate(model: Transformer, prompts: list[list[int]], *, max_new_tokens: int, temperature: float = 0.0,
              top_k: int | None = None, eos_ids=(), stop=None, pad_id: int = 0,
-             generator: torch.Generator | None = None) -> list[list[int]]:
+             generator: torch.Generator | None = None, vocab_size: int | None = None) -> list[list[int]]:
     """Continue every prompt; returns each row's new tokens (a stop/eos token not included).
 
     Greedy when temperature == 0, else sampling from softmax(logits / temperature) (optionally top-k).
     Prompts of different lengths are left-padded, with positions and the attention mask corrected, so a
     row's tokens do not depend on the rest of the batch. `stop(new_tokens) -> bool` ends a row early (e.g.
-    when the text starts a new "Question:"); finished rows leave the batch and the cache.
+    when the text starts a new "Question:"); finished rows leave the batch and the cache. `vocab_size`: only
+    ids below it are produced (Qwen pads its embedding past the tokenizer's vocab; those rows are no tokens).
     """
     device = model.embed_tokens.weight.device
     lengths = torch.tensor([len(p) for p in prompts])
@@ -353,6 +354,7 @@ def generate(model: Transformer, prompts: list[list[int]], *, max_new_tokens: in
     active = list(range(len(prompts)))  # original row index of each row still in the batch
     logits = model(tokens.to(device), cache=cache, pad=None if no_pad else pad, last_only=True)[:, -1]  # (B, V)
     for _ in range(max_new_tokens):
+        logits = logits[:, :vocab_size]  # (B, V') with V' = vocab_size (all of V when None)
         if temperature == 0.0:
             next_tok = logits.argmax(dim=-1)  # (B,)
         else:
@@ -399,7 +401,8 @@ def main():
         sys.exit(2)
     text = tok.chat([{"role": "user", "content": args.prompt}]) if args.chat else args.prompt
     ids = tok.encode(text, bos=not args.chat and tok.bos_id is not None)
-    out = generate(model, [ids], max_new_tokens=args.max_new_tokens, eos_ids=tok.eos_ids)[0]
+    out = generate(model, [ids], max_new_tokens=args.max_new_tokens, eos_ids=tok.eos_ids,
+                   vocab_size=tok.vocab_size)[0]
     print(text + tok.decode(out))
 
 

@@ -37,6 +37,7 @@ INPUT_SIDE = {"q": "self_attn.q_proj", "k": "self_attn.k_proj", "v": "self_attn.
               "gate": "mlp.gate_proj", "up": "mlp.up_proj"}      # W_s = W_t P
 OUTPUT_SIDE = {"o": "self_attn.o_proj", "down": "mlp.down_proj"}  # W_s = P^T W_t
 PROJECTIONS = ("q", "k", "v", "o", "gate", "up", "down")           # per layer, in forward order
+PROJECTION_OF = {module: name for name, module in (INPUT_SIDE | OUTPUT_SIDE).items()}
 LAYER_NORMS = ("input_layernorm", "post_attention_layernorm")
 
 
@@ -138,25 +139,29 @@ class Student(nn.Module):
         return Student(teacher, state["embed"].shape[1], {k: v for k, v in state.items() if not is_norm(k)},
                        {k: v for k, v in state.items() if is_norm(k)})
 
+    def student_weight(self, name: str, W_t: torch.Tensor) -> torch.Tensor:
+        """The student's tensor `name` (a Transformer parameter name) from the teacher's tensor of that name."""
+        if name in ("embed_tokens.weight", "lm_head.weight"):
+            P = self.embed if name == "embed_tokens.weight" else self.lm_head
+            return project_input(W_t, P)                                   # (V, W)
+        if name == "norm.weight":
+            return self.norm                                               # (W,)
+        if is_frozen(name):  # [qwen] q/k/v biases (Qwen2) and per-head q/k norms (Qwen3): the teacher's
+            return W_t.to(self.embed.dtype)
+        _, layer, module = name.split(".", 2)                              # "layers", "3", "mlp.up_proj.weight"
+        P = self.layers[int(layer)]
+        module = module.removesuffix(".weight")
+        if module in LAYER_NORMS:
+            return P[module]                                               # (W,)
+        if module in INPUT_SIDE.values():
+            return project_input(W_t, P[PROJECTION_OF[module]])            # (out, W)
+        return project_output(W_t, P[PROJECTION_OF[module]])               # (W, in)
+
     def materialize(self) -> dict[str, torch.Tensor]:
-        """The student's weights under Transformer parameter names, differentiable w.r.t. projections/norms."""
-        t = dict(self.teacher.named_parameters())  # frozen constants (requires_grad False)
-        w = {"embed_tokens.weight": project_input(t["embed_tokens.weight"], self.embed),  # (V, W)
-             "norm.weight": self.norm}                                                   # (W,)
-        if not self.args.tie_embeddings:
-            w["lm_head.weight"] = project_input(t["lm_head.weight"], self.lm_head)       # (V, W)
-        for i, P in enumerate(self.layers):
-            pre = f"layers.{i}."
-            for name, module in INPUT_SIDE.items():
-                w[pre + module + ".weight"] = project_input(t[pre + module + ".weight"], P[name])   # (out, W)
-            for name, module in OUTPUT_SIDE.items():
-                w[pre + module + ".weight"] = project_output(t[pre + module + ".weight"], P[name])  # (W, in)
-            for name in LAYER_NORMS:
-                w[pre + name + ".weight"] = P[name]                                       # (W,)
-            for key in t:  # [qwen] q/k/v biases (Qwen2) and per-head q/k norms (Qwen3): the teacher's, frozen
-                if key.startswith(pre) and key.endswith((".bias", "q_norm.weight", "k_norm.weight")):
-                    w[key] = t[key].to(self.embed.dtype)
-        return w
+        """The student's weights under Transformer parameter names, differentiable w.r.t. projections/norms
+        (under torch.no_grad(): plain tensors, and each gathered teacher weight is freed at once)."""
+        # one teacher tensor at a time: with a sharded teacher (distill.py --fsdp) only one is ever whole
+        return {name: self.student_weight(name, unsharded(W_t)) for name, W_t in self.teacher.named_parameters()}
 
     def forward(self, tokens: torch.Tensor, *, taps=None, weights: dict[str, torch.Tensor] | None = None,
                 **kwargs) -> torch.Tensor:
@@ -180,17 +185,33 @@ class Student(nn.Module):
 # ---------------------------------------------------------------------------------------------------------
 # Materialise once, run many micro-batches (SPEC §3, performance design)
 
+def is_frozen(name: str) -> bool:
+    """Student tensors copied from the teacher unchanged (no projection, no trainable gain)."""
+    return name.endswith((".bias", "q_norm.weight", "k_norm.weight"))
+
+
+def unsharded(t: torch.Tensor) -> torch.Tensor:
+    """The whole tensor of a parameter that FSDP2 shards over ranks (a DTensor); any other tensor as it is."""
+    return t.full_tensor() if hasattr(t, "full_tensor") else t
+
+
 def leaf_copies(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Detached leaves sharing storage with `weights`; the trainable ones collect .grad over micro-batches."""
-    return {k: w.detach().requires_grad_(w.requires_grad) for k, w in weights.items()}
+    """Detached leaves of materialized weights; the trained ones collect .grad over the micro-batches."""
+    return {k: w.detach().requires_grad_(not is_frozen(k)) for k, w in weights.items()}
 
 
-def backward_through(weights: dict[str, torch.Tensor], leaves: dict[str, torch.Tensor]):
-    """Back-propagate the leaves' accumulated grads once through materialize() into the projections."""
-    # chain rule: d loss / d P = (d W / d P)^T (d loss / d W), where d loss / d W is the leaf's .grad
-    pairs = [(weights[k], leaf.grad) for k, leaf in leaves.items() if leaf.grad is not None]
-    if pairs:
-        torch.autograd.backward([w for w, _ in pairs], [g for _, g in pairs])
+def backward_through(student: Student, leaves: dict[str, torch.Tensor]):
+    """Turn the leaves' accumulated grads into projection/gain grads, one weight at a time.
+
+    Chain rule: d loss / d P = (d W_s / d P)^T (d loss / d W_s), with d loss / d W_s the leaf's .grad. Each
+    W_s is rebuilt from its teacher weight right here (one small matmul) instead of keeping materialize()'s
+    autograd graph alive through the micro-batches: that graph would hold an fp32 copy of every bf16 teacher
+    weight, and under --fsdp every gathered one, i.e. the whole teacher on every rank.
+    """
+    for name, W_t in student.teacher.named_parameters():
+        grad = leaves[name].grad
+        if grad is not None:
+            torch.autograd.backward(student.student_weight(name, unsharded(W_t)), grad)
 
 
 # ---------------------------------------------------------------------------------------------------------

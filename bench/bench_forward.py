@@ -1,15 +1,14 @@
 """Forward pass and greedy decoding speed: ours vs transformers on the example teacher, fp32, same threads.
 
 Both models run side by side in this process on identical inputs; each figure is the median of --repeats runs
-after a warm-up, printed with the ratio transformers_time / our_time (> 1.0 means we are faster).
+(ours and transformers alternating, bench/timing.py) after a warm-up, printed with the ratio
+transformers_time / our_time (> 1.0 means we are faster).
 
 Run as: python bench/bench_forward.py [--teacher DIR] [--threads N] [--repeats 5]
 """
 import argparse
 import os
-import statistics
 import sys
-import time
 
 import torch
 
@@ -17,16 +16,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from load_weights import load_model  # noqa: E402
 from model import generate  # noqa: E402
 from scripts.example_teacher import DEFAULT_DIR, build_example_teacher  # noqa: E402
-
-
-def median_seconds(fn, repeats: int) -> float:
-    fn()  # warm-up: allocator, kernel selection
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+from bench.timing import timed_pair  # noqa: E402
 
 
 def main():
@@ -49,8 +39,7 @@ def main():
     for batch, length in [(1, 512), (8, 128)]:
         tokens = torch.randint(0, vocab, (batch, length))
         with torch.inference_mode():
-            t_ours = median_seconds(lambda: ours(tokens), args.repeats)
-            t_ref = median_seconds(lambda: ref(tokens), args.repeats)
+            t_ours, t_ref, _, _ = timed_pair(lambda: ours(tokens), lambda: ref(tokens), args.repeats)
         print(f"forward {batch} x {length:<16d} {t_ours * 1e3:8.1f}ms {t_ref * 1e3:11.1f}ms {t_ref / t_ours:7.2f}")
 
     for batch in (1, 8):
@@ -62,8 +51,7 @@ def main():
                                        eos_token_id=None, pad_token_id=0)
         assert [r for r in run_ours()] == ref.generate(prompts, max_new_tokens=n, do_sample=False, eos_token_id=None,
                                                        pad_token_id=0)[:, 32:].tolist()
-        t_ours = median_seconds(run_ours, max(1, args.repeats // 2))
-        t_ref = median_seconds(run_ref, max(1, args.repeats // 2))
+        t_ours, t_ref, _, _ = timed_pair(run_ours, run_ref, max(1, args.repeats // 2))
         tps_ours, tps_ref = batch * n / t_ours, batch * n / t_ref
         print(f"greedy decode batch {batch:<8d} {tps_ours:7.1f}t/s {tps_ref:10.1f}t/s {t_ref / t_ours:7.2f}")
 

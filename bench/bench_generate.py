@@ -13,9 +13,7 @@ Run as: python bench/bench_generate.py [--teacher DIR] [--threads N] [--new-toke
 """
 import argparse
 import os
-import statistics
 import sys
-import time
 
 import torch
 
@@ -24,21 +22,8 @@ import eval_reasoning as er  # noqa: E402
 from load_weights import load_model  # noqa: E402
 from model import generate  # noqa: E402
 from scripts.example_teacher import DEFAULT_DIR, build_example_teacher  # noqa: E402
+from bench.timing import timed_pair  # noqa: E402
 from tokenizer import load_tokenizer  # noqa: E402
-
-
-def timed_pair(fn_a, fn_b, repeats: int) -> tuple[float, float, object, object]:
-    """Median seconds of fn_a and fn_b over `repeats` alternating calls, and each one's last result."""
-    # alternating a, b, a, b: on a shared machine the load drifts over minutes, and timing all of a's runs
-    # before all of b's would charge that drift to one side
-    times_a, times_b = [], []
-    for _ in range(repeats):
-        for fn, times in ((fn_a, times_a), (fn_b, times_b)):
-            start = time.perf_counter()
-            out = fn()
-            times.append(time.perf_counter() - start)
-            out_a, out_b = (out, None) if fn is fn_a else (out_a, out)
-    return statistics.median(times_a), statistics.median(times_b), out_a, out_b
 
 
 def left_pad(prompts: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -84,8 +69,8 @@ def main():
                                    eos_token_id=None, pad_token_id=pad_id)
             return out[:, ids.shape[1]:].tolist()
 
-        run_ours(4), run_ref(4)  # warm-up: allocator, kernel selection
-        t_ours, t_ref, out_ours, out_ref = timed_pair(run_ours, run_ref, args.repeats)
+        run_ours(4), run_ref(4)  # a short warm-up: allocator, kernel selection
+        t_ours, t_ref, out_ours, out_ref = timed_pair(run_ours, run_ref, args.repeats, warmup=False)
         assert all(len(r) == n for r in out_ours + out_ref), "a row stopped early: eos was not switched off"
         # a check, not a gate: with 256 tokens a single fp tie changes the rest of that row
         equal = sum(a == b for a, b in zip(out_ours, out_ref))

@@ -207,18 +207,26 @@ def test_interrupted_checkpoint_write_keeps_the_previous_one(tiny_model, tmp_pat
     assert set(load_file(os.path.join(path, "student.safetensors"))) == set(student.state_dict())
 
 
-def test_two_rank_gloo_ddp_matches_single_process(tiny_teacher, corpus, tmp_path):
+@pytest.mark.parametrize("mode", ["ddp", "fsdp"])
+def test_two_rank_gloo_matches_single_process(tiny_teacher, corpus, tmp_path, mode):
+    """DDP (teacher copied) and --fsdp (teacher sharded by FSDP2; here on self:N data, which the ranks then
+    sample in lockstep) both train exactly like one process with the same global batch."""
     teacher_dir = tiny_teacher("llama")
-    args = lambda out: small_run(teacher_dir, corpus, out, "--steps", 4, "--grad-accum", 2)
+    data = ["--data", corpus] if mode == "ddp" else ["--data", "self:12"]
+    args = lambda out: small_run(teacher_dir, corpus, out, "--steps", 4, "--grad-accum", 2, *data)
     run_distill(*args(tmp_path / "single"))
     env = dict(os.environ, OMP_NUM_THREADS="1")
+    flags = ["--fsdp"] if mode == "fsdp" else []
     result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                             "--master_port", "29517", "distill.py", *map(str, args(tmp_path / "ddp"))],
+                             "--master_port", "29517", "distill.py", *map(str, args(tmp_path / mode)), *flags],
                             cwd=ROOT, env=env, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-3000:]
     a = load_file(str(tmp_path / "single") + ".run/checkpoint/student.safetensors")
-    b = load_file(str(tmp_path / "ddp") + ".run/checkpoint/student.safetensors")
+    b = load_file(str(tmp_path / mode) + ".run/checkpoint/student.safetensors")
     assert max((a[k] - b[k]).abs().max() for k in a) <= 1e-5
+    if mode == "fsdp":  # the ranks sampled the same sequences as the single process
+        name = "self-12-seq32-seed0.bin"
+        assert (tmp_path / ("single.run/" + name)).read_bytes() == (tmp_path / ("fsdp.run/" + name)).read_bytes()
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -246,6 +254,7 @@ def bad_cases(teacher, corpus, tmp_path):
         "seq-len too long": (base(**{"--seq-len": 100000}), "exceeds the teacher's"),
         "unwritable out": (base(**{"--out": "/proc/red-out"}), "not writable"),
         "unknown init": (base() + ["--init", "svd"], "unknown init 'svd'"),
+        "fsdp in one process": (base() + ["--fsdp"], "torchrun --nproc_per_node"),
     }
 
 
