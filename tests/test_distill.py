@@ -1,6 +1,7 @@
 """distill.py: each loss term against an independent formula, one materialisation per step, training really
 learns, exact resume after a kill, 2-rank gloo DDP, the final student in transformers, and bad input.
 
+Builds on distill.py, student.py and init_select.py, with conftest.py's tiny teachers.
 Run as: pytest tests/test_distill.py -q
 """
 import json
@@ -16,9 +17,11 @@ import transformers
 from safetensors.torch import load_file
 
 import distill
+import eval_reasoning as er
 from init_select import init_projections
 from load_weights import load_model
 from student import Student
+from tokenizer import load_tokenizer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TEXT = "".join(f"Question: Ann has {a} pens and buys {b} more. How many pens now?\nAnswer: {a} + {b} = {a + b}.\n"
@@ -44,7 +47,7 @@ def run_distill(*args, check=True, **kwargs):
 
 def small_run(teacher, corpus, out, *extra):
     return ["--teacher", teacher, "--width", 32, "--data", corpus, "--seq-len", 32, "--batch-size", 4,
-            "--calib", 4, "--eval-every", 1000, "--out", out, *extra]
+            "--calib", 4, "--eval-every", 1000, "--eval-problems", 0, "--out", out, *extra]
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -133,13 +136,19 @@ def test_materialise_once_equals_per_micro_batch(tiny_model):
 def test_steps_0_writes_the_pruned_teacher(tiny_teacher, corpus, tmp_path):
     teacher_dir = tiny_teacher("llama")
     out = tmp_path / "s0"
-    run_distill(*small_run(teacher_dir, corpus, out, "--steps", 0))
+    result = run_distill(*small_run(teacher_dir, corpus, out, "--steps", 0, "--eval-problems", 6))
     cfg = json.load(open(str(out) + ".run/config.json"))
     channels = torch.tensor(cfg["init_info"]["channels"])
     teacher, student = load_model(teacher_dir), load_model(str(out))
     assert student.args.dim == 32
     assert torch.equal(student.embed_tokens.weight, teacher.embed_tokens.weight[:, channels])
     assert torch.equal(student.layers[1].mlp.down_proj.weight, teacher.layers[1].mlp.down_proj.weight[channels])
+    # the summary's accuracy column is eval_reasoning's verdict on the written student (no chat format: plain)
+    items = er.make_synthetic(6, 2, seed=0 + 12345)
+    res = er.evaluate(student, load_tokenizer(teacher_dir), items, max_new_tokens=256)
+    row = next(line for line in result.stdout.splitlines() if line.startswith("student "))
+    assert row.endswith(f"{res['accuracy']:.2f} [{res['lo']:.2f}, {res['hi']:.2f}]"), row
+    assert "2-step accuracy" in result.stdout and "plain Question/Answer prompt" in result.stdout
 
 
 @pytest.mark.parametrize("preset", ["red", "lrc"])

@@ -1,6 +1,7 @@
 """erank.py against an independent float64 numpy SVD, exact cases (isotropic -> d, a line -> 1), invariances,
 streaming == one batch, METHOD.md §3.4's init-spectrum numbers, token cosine against brute force, and the CLI.
 
+Builds on erank.py, with numpy's float64 linear algebra as the reference.
 Run as: pytest tests/test_erank.py            (add -m "not slow" to skip the real-teacher CLI run)
 """
 import json

@@ -1,6 +1,7 @@
 """Tests for eval_reasoning.py: answer extraction, the synthetic generator, batched greedy decoding against
 unbatched decoding and against `transformers`, perplexity against transformers' loss, and CLI errors.
 
+Builds on eval_reasoning.py and model.py, with transformers as the reference.
 Run as: OMP_NUM_THREADS=1 pytest tests/test_eval_reasoning.py     (-m "not slow" skips the real teacher)
 """
 import json

@@ -2,6 +2,7 @@
 against a pruned model built here from the raw checkpoint and run by `transformers`), importance finds planted
 channels, the baseline inits have their defining properties, and the CLI writes an init plus its report.
 
+Builds on init_select.py, student.py and erank.py, with conftest.py's tiny models.
 Run as: OMP_NUM_THREADS=1 pytest tests/test_init_select.py -q      (the real-teacher test is marked slow)
 """
 import json

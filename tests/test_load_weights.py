@@ -1,5 +1,6 @@
 """load_weights.py: strict loading (single and sharded), save_model read back by transformers, bad input.
 
+Builds on load_weights.py and model.py, with transformers as the reference.
 Run as: pytest tests/test_load_weights.py -q
 """
 import json

@@ -1,5 +1,6 @@
 """model.py against transformers: logits and every hidden state, KV-cache decoding, padding, generation.
 
+Builds on model.py and load_weights.py, with transformers as the reference.
 Run as: pytest tests/test_model.py -q      (the real-teacher tests are marked slow)
 """
 import dataclasses

@@ -1,6 +1,7 @@
 """student.py: the projected student is the teacher at full width, a merged student is an ordinary HF checkpoint
 with the same logits, and "materialise once, back-propagate once" gives the same gradients as a direct pass.
 
+Builds on student.py, init_select.py and load_weights.py, with transformers as the reference.
 Run as: OMP_NUM_THREADS=1 pytest tests/test_student.py -q
 """
 import subprocess

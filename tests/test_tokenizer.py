@@ -3,6 +3,7 @@ generated corpus for SmolLM2's real tokenizer.json and for small Llama-3-style a
 trained here, exact round trips, Llama 3's tiktoken-format tokenizer.model, chat formats against
 `transformers`' apply_chat_template, and one-line errors for what red cannot read.
 
+Builds on tokenizer.py, with tokenizers and transformers as the references.
 Run as: python -m pytest tests/test_tokenizer.py -q      (add -m "not slow" to skip the real tokenizer)
 """
 import base64
