@@ -14,9 +14,9 @@ Written to --out: results.csv, erank_layers.csv, results.md (the tables) and, wi
 erank.png (eRank per layer) and loss.png (training loss curves).
 
 The claims under test (METHOD.md): random projections collapse the student's eRank and its multi-step
-reasoning; selection keeps both. The defaults fit the example teacher into about an hour on 2 CPU cores;
-bench/reasoning_teacher.py makes a teacher that actually reasons, for which:
-    python bench/red_vs_lrc.py --teacher out/reasoning-teacher --steps-list 1 2 3 4 5 6 --eval-per-step 200
+reasoning; selection keeps both. The defaults are sized for the example teacher on 2 CPU cores (80 steps of
+4 x 128 tokens per run: a pipeline check more than a training run). The example teacher barely reasons, so
+bench/reasoning_teacher.py makes one that does; the README gives the command and results for it.
 
 Builds on distill.py, erank.py, eval_reasoning.py, load_weights.py, tokenizer.py. Run as:
     python bench/red_vs_lrc.py [--teacher DIR] [--width W] [--steps N] [--out DIR]
@@ -61,7 +61,8 @@ def distill(args, name: str, flags: list[str], steps: int, out: str) -> float:
     cmd = [sys.executable, os.path.join(ROOT, "distill.py"), "--teacher", args.teacher, "--width", str(args.width),
            "--data", args.data, "--steps", str(steps), "--seq-len", str(args.seq_len),
            "--batch-size", str(args.batch_size), "--lr", str(args.lr), "--eval-every", str(max(1, steps // 4)),
-           "--ckpt-every", str(max(1, steps)), "--seed", str(args.seed), "--out", out, *flags]
+           "--ckpt-every", str(max(1, steps)), "--seed", str(args.seed), "--out", out,
+           "--eval-problems", "0", *flags]  # accuracy is measured below, on every model alike
     start = time.time()
     with open(out + ".log", "w") as log:
         result = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
@@ -113,8 +114,9 @@ def write_tables(args, rows: list[dict], layer_rows: list[dict]):
     print("\n".join(lines))
 
 
-def plot(args, layer_rows: list[dict], curves: dict):
-    """erank.png (eRank sq per layer, step 0 dashed, end solid) and loss.png, when matplotlib is installed."""
+def plot(args, rows: list[dict], layer_rows: list[dict], curves: dict):
+    """erank.png (eRank sq per layer, step 0 dashed, end solid), accuracy.png (accuracy vs problem steps) and
+    loss.png, when matplotlib is installed."""
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -122,23 +124,35 @@ def plot(args, layer_rows: list[dict], curves: dict):
     except ImportError:
         print("matplotlib not installed: no PNGs (pip install matplotlib)")
         return
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    color = {m: "black" if m == "teacher" else f"C{i}" for i, m in enumerate(models)}  # one colour per model
     fig, ax = plt.subplots(figsize=(7, 4))
     for key in dict.fromkeys((r["model"], r["stage"]) for r in layer_rows):
         pts = [(r["layer"], r["erank_sq"]) for r in layer_rows if (r["model"], r["stage"]) == key]
-        style = "k-" if key[0] == "teacher" else ("--" if key[1] == "step 0" else "-")
-        ax.plot(*zip(*pts), style, label=" ".join(key) if key[0] != "teacher" else "teacher")
+        ax.plot(*zip(*pts), "--" if key[1] == "step 0" else "-", color=color[key[0]],
+                label=" ".join(key) if key[0] != "teacher" else "teacher")
     ax.set(xlabel="layer", ylabel="residual eRank (Diff-eRank)", title=f"width {args.width} students")
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(os.path.join(args.out, "erank.png"), dpi=120)
     fig, ax = plt.subplots(figsize=(7, 4))
+    for r in rows:
+        if r["stage"] in ("", "end"):  # the teacher and each trained student
+            ax.plot(args.steps_list, [r[f"acc_{k}"] for k in args.steps_list], "-o", color=color[r["model"]],
+                    label=r["model"])
+    ax.set(xlabel="reasoning steps per problem", ylabel="greedy accuracy", ylim=(-0.02, 1.02),
+           title=f"after {args.steps} distillation steps")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(os.path.join(args.out, "accuracy.png"), dpi=120)
+    fig, ax = plt.subplots(figsize=(7, 4))
     for name, curve in curves.items():
-        ax.plot(*zip(*curve), label=name)
+        ax.plot(*zip(*curve), color=color[name], label=name)
     ax.set(xlabel="step", ylabel="total KD loss", yscale="log", title="training loss")
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(os.path.join(args.out, "loss.png"), dpi=120)
-    print(f"plots: {args.out}/erank.png, {args.out}/loss.png")
+    print(f"plots: {args.out}/erank.png, {args.out}/accuracy.png, {args.out}/loss.png")
 
 
 def main():
@@ -146,8 +160,8 @@ def main():
     parser.add_argument("--teacher", help="teacher HF directory (default: the example teacher, SmolLM2-135M)")
     parser.add_argument("--width", type=int, help="student width (default: half the teacher's, heads-aligned)")
     parser.add_argument("--runs", nargs="+", default=list(RUNS), choices=list(RUNS))
-    parser.add_argument("--steps", type=int, default=150, help="distillation steps per run (equal budgets)")
-    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=80, help="distillation steps per run (equal budgets)")
+    parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--seq-len", type=int, default=128)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--data", help="distill.py --data (default: a synthetic worked-problem corpus made here)")
@@ -199,7 +213,7 @@ def main():
         curves[name] = loss_curve(final)
         record(name, "end", final, seconds)
     write_tables(args, rows, layer_rows)
-    plot(args, layer_rows, curves)
+    plot(args, rows, layer_rows, curves)
     print(f"total {(time.time() - start) / 60:.1f} min; tables in {args.out}/results.md")
 
 
