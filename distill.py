@@ -21,8 +21,9 @@ accumulation never syncs, which is what DDP's no_sync() buys). Without torchrun 
 block over the ranks and gathers it only while it runs; the student (small) stays whole on every rank, and
 materialize()/backward_through() gather one teacher weight at a time.
 
-Builds on student.py, init_select.py, data.py, erank.py. Run as:
+Builds on student.py, init_select.py, data.py, erank.py, eval_reasoning.py. Run as:
     python distill.py --teacher DIR --width W [--data FILE ...] [--preset red|lrc] [--steps N] [--out DIR]
+    python distill.py --data self:64 --seq-len 128 --batch-size 4 --steps 60   (example teacher, width 288)
 """
 import argparse
 import json
