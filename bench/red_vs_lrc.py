@@ -8,7 +8,8 @@ One teacher, one student width, one data file and one token budget for every run
     red+pca        --preset red --init pca         /   (red itself is the "select" row)
 Each run is distill.py in a subprocess (exactly what a user runs), once with --steps 0 (the step-0 student)
 and once with --steps N. Then the teacher and every student are measured on the same held-out data:
-per-layer residual eRank (erank.measure_model; position 0 left out), perplexity on held-out problems, and
+per-layer residual eRank (erank.measure_model; position 0 left out), perplexity on held-out problems (whole
+text, and the worked solutions given their questions), and
 greedy chain-of-thought accuracy on synthetic problems of 1, 2 and 4 steps (eval_reasoning.evaluate).
 Written to --out: results.csv, erank_layers.csv, results.md (the tables) and, with matplotlib installed,
 erank.png (eRank per layer) and loss.png (training loss curves).
@@ -24,16 +25,20 @@ Builds on distill.py, erank.py, eval_reasoning.py, load_weights.py, tokenizer.py
 import argparse
 import csv
 import json
+import math
 import os
 import subprocess
 import sys
 import time
+
+import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 import eval_reasoning as er  # noqa: E402
 from erank import measure_model, token_sequences  # noqa: E402
 from load_weights import load_model  # noqa: E402
+from reasoning_teacher import encode_problem  # noqa: E402
 from tokenizer import load_tokenizer  # noqa: E402
 
 RUNS = {  # name -> extra distill.py flags
@@ -71,13 +76,33 @@ def distill(args, name: str, flags: list[str], steps: int, out: str) -> float:
     return time.time() - start
 
 
-def measure(path: str, tok, texts: list[str], eval_sets: dict, args) -> tuple[dict, list[dict]]:
+@torch.no_grad()
+def solution_perplexity(model, tok, problems: list[dict], batch_size: int = 16) -> float:
+    """exp(mean NLL) of the worked solutions (and eos) given their questions, prompted as eval_reasoning does.
+
+    The reasoning teacher is trained on solution tokens only, so perplexity over whole problem texts would
+    mostly score questions it was never asked to predict."""
+    nll, count = 0.0, 0
+    for i in range(0, len(problems), batch_size):
+        rows = [encode_problem(tok, p) for p in problems[i:i + batch_size]]
+        length = max(len(ids) for ids, _ in rows)
+        x = torch.tensor([ids + [tok.eos_id] * (length - len(ids)) for ids, _ in rows])  # right-padded (B, L)
+        logp = model(x)[:, :-1].float().log_softmax(-1)                                    # (B, L-1, V)
+        for b, (ids, n_prompt) in enumerate(rows):  # positions n_prompt-1 .. len-2 predict the solution
+            targets = torch.tensor(ids[n_prompt:])
+            nll -= logp[b, n_prompt - 1:len(ids) - 1].gather(-1, targets[:, None]).sum().item()
+            count += len(targets)
+    return math.exp(nll / count)
+
+
+def measure(path: str, tok, texts: list[str], held: list[dict], eval_sets: dict, args) -> tuple[dict, list[dict]]:
     """(summary row, per-layer eRank rows) of the checkpoint at `path`."""
     model = load_model(path)
     sequences = token_sequences(texts, tok, seq_len=args.seq_len, max_tokens=args.erank_tokens)
     layers = measure_model(model, sequences)
     ids = [i for text in texts for i in tok.encode(text) + [tok.eos_id]]
     row = {"val_ppl": er.perplexity(model, ids, window=args.seq_len),
+           "solution_ppl": solution_perplexity(model, tok, held),
            "erank_sq": sum(r["erank_sq"] for r in layers) / len(layers),
            "erank_rv": sum(r["erank_rv"] for r in layers) / len(layers)}
     for k, items in eval_sets.items():
@@ -101,14 +126,14 @@ def write_tables(args, rows: list[dict], layer_rows: list[dict]):
             writer.writeheader()
             writer.writerows(table)
     acc_cols = [f"acc_{k}" for k in args.steps_list]
-    head = ["model", "stage", "val ppl", "eRank sq", "eRank rv", *[f"acc {k}-step" for k in args.steps_list],
+    head = ["model", "stage", "val ppl", "solution ppl", "eRank sq", "eRank rv", *[f"acc {k}-step" for k in args.steps_list],
             "train min"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         accs = [f"{r[c]:.2f} [{r[c + '_lo']:.2f}, {r[c + '_hi']:.2f}]" for c in acc_cols]
         minutes = f"{r['train_s'] / 60:.1f}" if r["train_s"] else ""
-        lines.append(f"| {r['model']} | {r['stage']} | {r['val_ppl']:.2f} | {r['erank_sq']:.1f} | "
-                     f"{r['erank_rv']:.1f} | " + " | ".join(accs) + f" | {minutes} |")
+        lines.append(f"| {r['model']} | {r['stage']} | {r['val_ppl']:.2f} | {r['solution_ppl']:.3f} | "
+                     f"{r['erank_sq']:.1f} | {r['erank_rv']:.1f} | " + " | ".join(accs) + f" | {minutes} |")
     with open(os.path.join(args.out, "results.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
     print("\n".join(lines))
@@ -197,10 +222,10 @@ def main():
     start = time.time()
 
     def record(model_name, stage, path, train_s=0.0):
-        row, layers = measure(path, tok, texts, eval_sets, args)
+        row, layers = measure(path, tok, texts, held, eval_sets, args)
         rows.append({"model": model_name, "stage": stage, **row, "train_s": train_s})
         layer_rows.extend({"model": model_name, "stage": stage, **r} for r in layers)
-        print(f"{model_name:15s} {stage:7s} ppl {row['val_ppl']:9.2f} eRank sq {row['erank_sq']:6.1f} rv "
+        print(f"{model_name:15s} {stage:7s} ppl {row['val_ppl']:9.2f} sol ppl {row['solution_ppl']:8.3f} eRank sq {row['erank_sq']:6.1f} rv "
               f"{row['erank_rv']:6.1f} acc " + " ".join(f"{row[f'acc_{k}']:.2f}" for k in args.steps_list) +
               f"  ({(time.time() - start) / 60:.1f} min)", flush=True)
 
