@@ -124,6 +124,18 @@ def test_sampling_is_seeded_and_top_k_1_is_greedy(tiny_model):
     assert run(0, top_k=1) == generate(model, prompts, max_new_tokens=10)
 
 
+def test_vocab_size_keeps_padded_embedding_rows_out(tiny_model):
+    """Qwen pads its embedding past the tokenizer's vocab: generate(vocab_size=...) never emits those ids."""
+    model = load_model(tiny_model("qwen2"))
+    with torch.no_grad():  # make the padded rows (ids 200..255) the likeliest tokens everywhere
+        model.embed_tokens.weight[200:] = 10 * model.embed_tokens.weight[:56].sum(0)
+    sample = lambda **kw: generate(model, [[1, 2, 3]] * 4, max_new_tokens=20, temperature=1.0,
+                                   generator=torch.Generator().manual_seed(0), **kw)
+    assert max(max(row) for row in sample()) >= 200  # without the limit they do come out
+    assert max(max(row) for row in sample(vocab_size=200)) < 200
+    assert max(generate(model, [[1, 2, 3]], max_new_tokens=20, vocab_size=200)[0]) < 200  # greedy too
+
+
 def test_stop_callback_ends_a_row(tiny_model):
     model = load_model(tiny_model("llama"))
     out = generate(model, [[1, 2], [3]], max_new_tokens=10, stop=lambda toks: len(toks) >= 3)
