@@ -3,7 +3,7 @@
 Sources (`--data SPEC ...`, each `FILE` or `FILE:WEIGHT`):
   .txt    one document per file (UTF-8)
   .jsonl  one document per line: a "text" field, or GSM8K-style "question" + "answer" joined as
-          "Question: {q}\nAnswer: {a}"
+          "Question: {q}\nAnswer: {a}" (qa_text: the format eval_reasoning.py prompts in)
   .bin    pre-tokenised, raw little-endian ids (nanoGPT's convention). The dtype is read from the sidecar
           FILE.bin.json ({"dtype": "uint16" | "uint32", ...}) that `--out` writes; without one it follows the
           vocab size: uint16 when every id fits (vocab <= 65536), else uint32
@@ -108,6 +108,11 @@ def read_text(path: str) -> str:
                         f"iconv -f latin1 -t utf-8") from None
 
 
+def qa_text(question: str, answer: str) -> str:
+    """A GSM8K-style item as one document; eval_reasoning.py prompts with the same "Question:/Answer:" frame."""
+    return f"Question: {question}\nAnswer: {answer}"
+
+
 def read_documents(path: str) -> list[str]:
     """The documents of a .txt (the whole file) or .jsonl file (one per line)."""
     if not os.path.isfile(path):
@@ -126,7 +131,7 @@ def read_documents(path: str) -> list[str]:
         if isinstance(row, dict) and isinstance(row.get("text"), str):
             docs.append(row["text"])
         elif isinstance(row, dict) and isinstance(row.get("question"), str) and isinstance(row.get("answer"), str):
-            docs.append(f"Question: {row['question']}\nAnswer: {row['answer']}")
+            docs.append(qa_text(row["question"], row["answer"]))
         else:
             raise DataError(f"{path}:{lineno}: needs a string \"text\" field or \"question\" and \"answer\" "
                             "- convert the file to one of those forms")

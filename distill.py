@@ -419,7 +419,7 @@ def main(argv=None):
 
     metrics = open(os.path.join(cfg.run_dir, "metrics.jsonl"), "a") if rank == 0 else None
     with torch.no_grad(), autocast:
-        first = validate(student, val, erank_layers=True) if val else {}
+        first = validate(student.merge(), val, erank_layers=True) if val else {}  # merged: materialised once
     log(f"step {start}: " + " ".join(f"{k} {v:.4g}" for k, v in first.items()))
     bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, disable=rank != 0, dynamic_ncols=True)
     for step in bar:
@@ -441,7 +441,7 @@ def main(argv=None):
         record = {"step": step + 1, **logs, "grad_norm": grad_norm, "lr": lr,
                   "tok_per_s": sum(m.numel() for m in micro) * world / seconds}
         if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps:
-            record.update(validate(student, val, erank_layers=True) if val else {})
+            record.update(validate(student.merge(), val, erank_layers=True) if val else {})
         bar.set_postfix(loss=f"{logs['loss']:.3f}", kl=f"{logs['kl']:.3g}", ce=f"{logs['ce']:.3f}",
                         clone=f"{logs['clone']:.3g}", lr=f"{lr:.2g}", tok_s=f"{record['tok_per_s']:.0f}")
         if metrics:
@@ -457,25 +457,23 @@ def main(argv=None):
     merged = student.merge()  # on every rank: under --fsdp it gathers teacher weights collectively
     if rank == 0:
         save_model(merged, cfg.out, like=cfg.teacher)
-    summary(teacher, student, merged, tok, val, cfg, log)
+    summary(teacher, merged, tok, val, cfg, log)
     if world > 1:
         dist.destroy_process_group()
 
 
-def summary(teacher, student: Student, merged, tok, val: list, cfg, log=print):
+def summary(teacher, merged, tok, val: list, cfg, log=print):
     """Teacher vs student: parameters, validation loss/perplexity, mean residual eRank (Diff-eRank) and greedy
     accuracy on synthetic 2-step word problems (chat prompt when the tokenizer has a chat format)."""
-    rows = {}
-    for name, model in (("teacher", teacher), ("student", student)):
-        with torch.no_grad():
-            rows[name] = validate(model, val, erank_layers=True) if val else {}
+    rows = {name: validate(model, val, erank_layers=True) if val else {}
+            for name, model in (("teacher", teacher), ("student", merged))}
     params = {"teacher": sum(p.numel() for p in teacher.parameters()),
               "student": sum(p.numel() for p in merged.parameters())}
+    prompt = "chat" if tok.chat_format is not None else "plain Question/Answer"
     if cfg.eval_problems:  # every rank generates (a sharded teacher needs all of them); rank 0 prints
         items = er.make_synthetic(cfg.eval_problems, 2, seed=cfg.seed + 12345)
-        chat = tok.chat_format is not None
-        for name, model in (("teacher", teacher), ("student", merged.to(cfg.device))):
-            res = er.evaluate(model, tok, items, chat=chat, max_new_tokens=256, batch_size=16)
+        for name, model in (("teacher", teacher), ("student", merged)):
+            res = er.evaluate(model, tok, items, chat=prompt == "chat", max_new_tokens=256, batch_size=16)
             rows[name]["acc"] = f"{res['accuracy']:.2f} [{res['lo']:.2f}, {res['hi']:.2f}]"
     log(f"\n{'':10s} {'params':>10s} {'val loss':>9s} {'val ppl':>9s} {'eRank(sq)':>10s} "
         f"{'2-step accuracy (95% CI)':>25s}")
@@ -483,8 +481,7 @@ def summary(teacher, student: Student, merged, tok, val: list, cfg, log=print):
         log(f"{name:10s} {params[name] / 1e6:9.1f}M {r.get('val_loss', float('nan')):9.3f} "
             f"{r.get('val_ppl', float('nan')):9.2f} {r.get('erank', float('nan')):10.1f} {r.get('acc', '-'):>25s}")
     if cfg.eval_problems:
-        log(f"accuracy: greedy, {cfg.eval_problems} synthetic 2-step problems "
-            f"({'chat' if tok.chat_format is not None else 'plain Question/Answer'} prompt, eval_reasoning.py)")
+        log(f"accuracy: greedy, {cfg.eval_problems} synthetic 2-step problems ({prompt} prompt, eval_reasoning.py)")
     log(f"student written to {cfg.out} (trained state in {cfg.run_dir})")
 
 

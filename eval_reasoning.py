@@ -15,7 +15,8 @@ last number in the text, compared as an exact fraction. Accuracy comes with a 95
 `--make-synthetic N` writes a seeded set of multi-step arithmetic word problems in GSM8K format, so a
 reasoning benchmark (and a train split for few-shot exemplars, with another seed) exists offline.
 
-Builds on model.py (generate, forward), load_weights.py (load_model) and tokenizer.py (encode, chat).
+Builds on model.py (generate, forward), load_weights.py (load_model), tokenizer.py (encode, chat) and data.py
+(the Question/Answer document format, UTF-8 reading, atomic writes).
 Run as: python eval_reasoning.py --model DIR --data test.jsonl [--chat | --shots 4 --fewshot train.jsonl]
                                  [--limit N] [--out preds.jsonl] [--ppl FILE]
         python eval_reasoning.py --make-synthetic 200 --steps 2 --seed 1 --out test.jsonl
@@ -34,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from data import DataError, atomic_write, qa_text, read_text
 from load_weights import LoadError, load_model
 from model import generate
 from tokenizer import TokenizerError, load_tokenizer
@@ -154,8 +156,10 @@ def read_items(path: str) -> list[dict]:
     return items
 
 
-def select_exemplars(items: list[dict], fewshot_items: list[dict], shots: int) -> list[dict]:
+def select_exemplars(items: list[dict], fewshot_items: list[dict], shots: int, chat: bool = False) -> list[dict]:
     """The first `shots` train items whose question is not among the evaluated ones (never a test item)."""
+    if chat and shots:
+        raise EvalError("--chat is zero-shot - drop --shots, or drop --chat for few-shot prompting")
     # the same exemplars for every item (lm-evaluation-harness's fixed few-shot), so items differ only in
     # their question; the first ones of the file, so the choice is visible and does not move with --seed
     questions = {it["question"] for it in items}
@@ -171,7 +175,7 @@ def exemplar(item: dict) -> str:
     answer = item["answer"] if isinstance(item["answer"], str) else f"#### {item['answer']}"
     # GSM8K's "<<48/2=24>>" marks a calculator call made while sampling (Cobbe et al. 2021); our decoding
     # has no calculator, so a model copying the marks would only waste tokens
-    return f"Question: {item['question']}\nAnswer: {CALCULATOR.sub('', answer)}"
+    return qa_text(item["question"], CALCULATOR.sub("", answer))
 
 
 def build_prompt(tokenizer, question: str, exemplars: list[dict], chat: bool) -> str:
@@ -204,9 +208,7 @@ def evaluate(model, tokenizer, items: list[dict], *, shots: int = 0, fewshot_ite
     """Greedy CoT accuracy on items [{"question", "answer"}] -> dict(accuracy, lo, hi, n, mean_tokens,
     tokens_per_s, predictions); predictions[i] is item i's prompt, gold, generation, extracted, correct,
     tokens (the generated ids, eos excluded)."""
-    if chat and shots:
-        raise EvalError("--chat is zero-shot - drop --shots, or drop --chat for few-shot prompting")
-    exemplars = select_exemplars(items, fewshot_items, shots)
+    exemplars = select_exemplars(items, fewshot_items, shots, chat)
     # items from read_items carry "gold"; in-memory items (bench/red_vs_lrc.py) are parsed here
     golds = [it["gold"] if "gold" in it else gold_answer(it["answer"]) for it in items]
     if any(g is None for g in golds):
@@ -239,6 +241,12 @@ def evaluate(model, tokenizer, items: list[dict], *, shots: int = 0, fewshot_ite
                 tokens_per_s=total_tokens / max(seconds, 1e-9), predictions=predictions)
 
 
+def scored_windows(token_ids: list[int], window: int) -> list[list[int]]:
+    """Non-overlapping windows of `window` tokens; a 1-token tail is dropped (it has nothing to predict)."""
+    windows = [token_ids[i:i + window] for i in range(0, len(token_ids), window)]
+    return [w for w in windows if len(w) >= 2]
+
+
 @torch.inference_mode()
 def perplexity(model, token_ids: list[int], window: int, batch_size: int = 8) -> float:
     """exp(mean next-token NLL) over non-overlapping windows of `window` tokens, each scored on its own.
@@ -247,8 +255,7 @@ def perplexity(model, token_ids: list[int], window: int, batch_size: int = 8) ->
     so the score counts len - 1 predictions per window. Cheaper than a sliding window, and slightly pessimistic
     because early tokens of each window see little context; compare models only at the same window.
     """
-    windows = [token_ids[i:i + window] for i in range(0, len(token_ids), window)]
-    windows = [w for w in windows if len(w) >= 2]  # a 1-token tail has nothing to predict
+    windows = scored_windows(token_ids, window)
     if not windows:
         raise EvalError("perplexity needs at least 2 tokens - pass a longer text")
     device = next(model.parameters()).device
@@ -337,12 +344,9 @@ def make_synthetic(n: int, steps: int, seed: int, max_value: int = 99) -> list[d
 # ---------------------------------------------------------------------------------------------------------
 
 def write_jsonl(path: str, rows: list[dict]):
-    """One JSON object per line, written to a temporary file and renamed (no half-written output)."""
+    """One JSON object per line, written atomically (data.atomic_write: no half-written output)."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path + ".tmp", "w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
-    os.replace(path + ".tmp", path)
+    atomic_write(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows).encode())
 
 
 def run(args):
@@ -355,18 +359,17 @@ def run(args):
         return
     if not args.model or not (args.data or args.ppl):
         raise EvalError("--model and --data (or --ppl) are required - see --help")
-    if args.chat and args.shots:
-        raise EvalError("--chat is zero-shot - drop --shots, or drop --chat for few-shot prompting")
     if args.shots and not args.fewshot:
         raise EvalError(f"--shots {args.shots} needs --fewshot TRAIN.jsonl - exemplars come from a train split")
     if args.ppl and not os.path.isfile(args.ppl):
         raise EvalError(f"{args.ppl}: no such file - pass a UTF-8 text file to --ppl")
+    text = read_text(args.ppl) if args.ppl else ""  # read now: a non-UTF-8 file fails before the model loads
     items = read_items(args.data) if args.data else []
     fewshot = read_items(args.fewshot) if args.fewshot and args.shots else []
     # a seeded subsample, kept in file order: the same --limit/--seed evaluates the same items for every model
     if args.limit is not None and args.limit < len(items):
         items = [items[i] for i in sorted(random.Random(args.seed).sample(range(len(items)), args.limit))]
-    select_exemplars(items, fewshot, args.shots)  # fail on a short few-shot file before loading the model
+    select_exemplars(items, fewshot, args.shots, args.chat)  # fail on bad prompting flags before loading the model
     model = load_model(args.model, device=args.device)  # fp32: CPUs without bf16 units run bf16 far slower
     tokenizer = load_tokenizer(args.model)
     if items:
@@ -381,13 +384,11 @@ def run(args):
             write_jsonl(args.out, [{k: v for k, v in p.items() if k != "tokens"} for p in res["predictions"]])
             print(f"predictions written to {args.out}")
     if args.ppl:
-        with open(args.ppl, encoding="utf-8") as f:
-            ids = tokenizer.encode(f.read())
+        ids = tokenizer.encode(text)
         # logits are (B, window, V) fp32: cap B so they stay near 1 GB (49k vocab: 10 windows of 512)
         batch = max(1, min(args.batch_size, 2**28 // (args.window * model.args.vocab_size)))
         ppl = perplexity(model, ids, args.window, batch)
-        scored = sum(len(ids[i:i + args.window]) - 1 for i in range(0, len(ids), args.window)
-                     if len(ids[i:i + args.window]) >= 2)
+        scored = sum(len(w) - 1 for w in scored_windows(ids, args.window))
         print(f"{args.ppl}: perplexity {ppl:.3f} over {scored} predicted tokens "
               f"(non-overlapping {args.window}-token windows; each window's first token is context only)")
 
@@ -423,7 +424,7 @@ def main():
             raise EvalError(f"--shots {args.shots} is negative - pass 0 or more")
         print(json.dumps({k: v for k, v in vars(args).items() if v is not None}))  # the resolved config
         run(args)
-    except (EvalError, LoadError, TokenizerError) as e:
+    except (EvalError, DataError, LoadError, TokenizerError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
 

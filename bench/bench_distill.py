@@ -43,7 +43,8 @@ def sync(device):
 def step_flops(teacher, student, tokens: int) -> dict:
     """Matmul FLOPs of one step: 2 per weight per token forward, twice that backward."""
     n_teacher = sum(p.numel() for n, p in teacher.named_parameters() if p.dim() == 2)  # incl. the LM head
-    weights = student.materialize()
+    with torch.no_grad():  # shapes only
+        weights = student.materialize()
     n_student = sum(w.numel() for k, w in weights.items() if w.dim() == 2)
     n_proj = sum(teacher.get_parameter(k).numel() * student.args.dim
                  for k, w in weights.items() if w.dim() == 2 and not k.startswith("lm_head"))

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import eval_reasoning as er  # noqa: E402
+from data import qa_text  # noqa: E402
 from distill import get_lr  # noqa: E402
 from load_weights import save_model  # noqa: E402
 from model import ModelArgs, Transformer  # noqa: E402
@@ -54,7 +55,7 @@ def train_tokenizer(directory: str, vocab_size: int, seed: int):
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[EOS], show_progress=False,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     problems = [p for k in STEP_COUNTS for p in er.make_synthetic(300, k, seed=seed + 7919 * k)]
-    tok.train_from_iterator([f"Question: {p['question']}\nAnswer: {p['answer']}" for p in problems], trainer)
+    tok.train_from_iterator([qa_text(p["question"], p["answer"]) for p in problems], trainer)
     tok.save(os.path.join(directory, "tokenizer.json"))
     with open(os.path.join(directory, "tokenizer_config.json"), "w") as f:
         json.dump({"eos_token": EOS, "bos_token": None, "model_max_length": 512}, f)

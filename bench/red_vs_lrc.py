@@ -30,12 +30,14 @@ import os
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 
 import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 import eval_reasoning as er  # noqa: E402
+from data import qa_text  # noqa: E402
 from erank import measure_model, token_sequences  # noqa: E402
 from load_weights import load_model  # noqa: E402
 from reasoning_teacher import encode_problem  # noqa: E402
@@ -50,9 +52,24 @@ RUNS = {  # name -> extra distill.py flags
 }
 
 
-def problems_text(problems: list[dict]) -> list[str]:
-    """Problems as the documents data.py makes of GSM8K-style JSONL."""
-    return [f"Question: {p['question']}\nAnswer: {p['answer']}" for p in problems]
+@dataclass
+class HeldOut:
+    """The held-out measurement data, tokenised once and shared by every model."""
+    sequences: list[list[int]]               # eRank input: the problem texts packed into <= seq_len sequences
+    ids: list[int]                           # the problem texts, eos after each: whole-text perplexity
+    solutions: list[tuple[list[int], int]]   # (prompt + solution + eos ids, prompt length): solution perplexity
+    eval_sets: dict[int, list[dict]]         # step count -> accuracy problems
+
+
+def held_out(tok, args) -> HeldOut:
+    """Problems from seeds the corpus never uses: 40 per step count for eRank and perplexity, and
+    --eval-per-step per step count for accuracy."""
+    problems = [p for k in args.steps_list for p in er.make_synthetic(40, k, seed=50_000 + k)]
+    texts = [qa_text(p["question"], p["answer"]) for p in problems]  # as data.py makes documents of JSONL
+    return HeldOut(sequences=token_sequences(texts, tok, seq_len=args.seq_len, max_tokens=args.erank_tokens),
+                   ids=[i for text in texts for i in tok.encode(text) + [tok.eos_id]],
+                   solutions=[encode_problem(tok, p) for p in problems],
+                   eval_sets={k: er.make_synthetic(args.eval_per_step, k, seed=60_000 + k) for k in args.steps_list})
 
 
 def write_corpus(path: str, n_per_step: int, steps: list[int], seed: int):
@@ -77,16 +94,16 @@ def distill(args, name: str, flags: list[str], steps: int, out: str) -> float:
 
 
 @torch.no_grad()
-def solution_perplexity(model, tok, problems: list[dict], batch_size: int = 16) -> float:
+def solution_perplexity(model, solutions: list[tuple[list[int], int]], pad_id: int, batch_size: int = 16) -> float:
     """exp(mean NLL) of the worked solutions (and eos) given their questions, prompted as eval_reasoning does.
 
     The reasoning teacher is trained on solution tokens only, so perplexity over whole problem texts would
     mostly score questions it was never asked to predict."""
     nll, count = 0.0, 0
-    for i in range(0, len(problems), batch_size):
-        rows = [encode_problem(tok, p) for p in problems[i:i + batch_size]]
+    for i in range(0, len(solutions), batch_size):
+        rows = solutions[i:i + batch_size]
         length = max(len(ids) for ids, _ in rows)
-        x = torch.tensor([ids + [tok.eos_id] * (length - len(ids)) for ids, _ in rows])  # right-padded (B, L)
+        x = torch.tensor([ids + [pad_id] * (length - len(ids)) for ids, _ in rows])  # right-padded (B, L)
         logp = model(x)[:, :-1].float().log_softmax(-1)                                    # (B, L-1, V)
         for b, (ids, n_prompt) in enumerate(rows):  # positions n_prompt-1 .. len-2 predict the solution
             targets = torch.tensor(ids[n_prompt:])
@@ -95,17 +112,15 @@ def solution_perplexity(model, tok, problems: list[dict], batch_size: int = 16) 
     return math.exp(nll / count)
 
 
-def measure(path: str, tok, texts: list[str], held: list[dict], eval_sets: dict, args) -> tuple[dict, list[dict]]:
+def measure(path: str, tok, held: HeldOut, args) -> tuple[dict, list[dict]]:
     """(summary row, per-layer eRank rows) of the checkpoint at `path`."""
     model = load_model(path)
-    sequences = token_sequences(texts, tok, seq_len=args.seq_len, max_tokens=args.erank_tokens)
-    layers = measure_model(model, sequences)
-    ids = [i for text in texts for i in tok.encode(text) + [tok.eos_id]]
-    row = {"val_ppl": er.perplexity(model, ids, window=args.seq_len),
-           "solution_ppl": solution_perplexity(model, tok, held),
+    layers = measure_model(model, held.sequences)
+    row = {"val_ppl": er.perplexity(model, held.ids, window=args.seq_len),
+           "solution_ppl": solution_perplexity(model, held.solutions, tok.eos_id),
            "erank_sq": sum(r["erank_sq"] for r in layers) / len(layers),
            "erank_rv": sum(r["erank_rv"] for r in layers) / len(layers)}
-    for k, items in eval_sets.items():
+    for k, items in held.eval_sets.items():
         res = er.evaluate(model, tok, items, chat=args.chat, max_new_tokens=args.max_new_tokens + 24 * k,
                           batch_size=args.eval_batch)
         row[f"acc_{k}"], row[f"acc_{k}_lo"], row[f"acc_{k}_hi"] = res["accuracy"], res["lo"], res["hi"]
@@ -126,7 +141,8 @@ def write_tables(args, rows: list[dict], layer_rows: list[dict]):
             writer.writeheader()
             writer.writerows(table)
     acc_cols = [f"acc_{k}" for k in args.steps_list]
-    head = ["model", "stage", "val ppl", "solution ppl", "eRank sq", "eRank rv", *[f"acc {k}-step" for k in args.steps_list],
+    head = ["model", "stage", "val ppl", "solution ppl", "eRank sq", "eRank rv",
+            *[f"acc {k}-step" for k in args.steps_list],
             "train min"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
@@ -211,10 +227,7 @@ def main():
     if args.data is None:
         args.data = os.path.join(args.out, "train.jsonl")
         write_corpus(args.data, args.corpus_per_step, args.steps_list, args.seed)
-    # held out: other seeds than the corpus; perplexity/eRank text and accuracy problems
-    held = [p for k in args.steps_list for p in er.make_synthetic(40, k, seed=50_000 + k)]
-    texts = problems_text(held)
-    eval_sets = {k: er.make_synthetic(args.eval_per_step, k, seed=60_000 + k) for k in args.steps_list}
+    held = held_out(tok, args)
     print(f"teacher {args.teacher} (D {teacher_args.dim}) -> width {args.width}; {args.steps} steps x "
           f"{args.batch_size} x {args.seq_len} tokens per run; runs: {', '.join(args.runs)}", flush=True)
 
@@ -222,10 +235,11 @@ def main():
     start = time.time()
 
     def record(model_name, stage, path, train_s=0.0):
-        row, layers = measure(path, tok, texts, held, eval_sets, args)
+        row, layers = measure(path, tok, held, args)
         rows.append({"model": model_name, "stage": stage, **row, "train_s": train_s})
         layer_rows.extend({"model": model_name, "stage": stage, **r} for r in layers)
-        print(f"{model_name:15s} {stage:7s} ppl {row['val_ppl']:9.2f} sol ppl {row['solution_ppl']:8.3f} eRank sq {row['erank_sq']:6.1f} rv "
+        print(f"{model_name:15s} {stage:7s} ppl {row['val_ppl']:9.2f} sol ppl {row['solution_ppl']:8.3f} "
+              f"eRank sq {row['erank_sq']:6.1f} rv "
               f"{row['erank_rv']:6.1f} acc " + " ".join(f"{row[f'acc_{k}']:.2f}" for k in args.steps_list) +
               f"  ({(time.time() - start) / 60:.1f} min)", flush=True)
 

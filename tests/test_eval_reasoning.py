@@ -231,6 +231,8 @@ def test_cli_errors(tmp_path, capsys, monkeypatch):
     no_question = tmp_path / "noq.jsonl"
     no_question.write_text(json.dumps({"answer": "#### 3"}) + "\n")
     missing = tmp_path / "nope"
+    latin1 = tmp_path / "latin1.txt"
+    latin1.write_bytes("caf\xe9 au lait".encode("latin-1"))
     # two real processes: the whole path from argv to exit status, with nothing else on stderr
     proc = run_cli("--model", missing, "--data", bad_json)
     assert_user_error(proc.returncode, proc.stderr, f"{bad_json}:3", "not valid JSON")
@@ -245,6 +247,7 @@ def test_cli_errors(tmp_path, capsys, monkeypatch):
         (("--data", good, "--shots", 1, "--fewshot", good, "--chat"), ["zero-shot"]),
         (("--data", good, "--batch-size", 0), ["--batch-size"]),
         (("--data", good, "--ppl", missing / "t.txt"), ["no such file"]),
+        (("--ppl", latin1), [str(latin1), "not UTF-8"]),
     ]
     for args, needles in cases:
         assert_user_error(*run_main(capsys, monkeypatch, "--model", missing, *args), *needles)
