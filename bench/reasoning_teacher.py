@@ -39,6 +39,7 @@ from tokenizer import load_tokenizer  # noqa: E402
 
 STEP_COUNTS = (1, 2, 3, 4, 5, 6)
 EOS = "<|endoftext|>"
+WARMUP, PROBE = 100, 20  # PROBE < WARMUP: the lr of the timed probe steps does not depend on the total
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -104,6 +105,14 @@ def build_model(vocab_size: int, args) -> Transformer:
     return model
 
 
+def solution_loss(model, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean next-token cross-entropy over the solution tokens only: tokens (B, L), mask (B, L-1) -> scalar."""
+    logits = model(tokens)[:, :-1]                                                    # (B, L-1, V)
+    losses = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), tokens[:, 1:].reshape(-1),
+                             reduction="none").view_as(mask)                          # (B, L-1)
+    return losses[mask].mean()
+
+
 def accuracy_by_steps(model, tok, held_out: dict, batch_size: int) -> dict:
     """{steps: eval_reasoning.evaluate result} on the held-out problems, greedy, zero-shot plain prompt."""
     model.eval()
@@ -149,22 +158,18 @@ def main():
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
                                   lr=args.lr, betas=(0.9, 0.95))
     rng = random.Random(args.seed)
-    steps, warmup, probe = args.steps, 100, 20
+    steps = args.steps  # None: fitted to --minutes from the pace of the first PROBE steps
     curve, t_train, step = [], time.time(), 0
     while steps is None or step < steps:
-        if steps is None and step == probe:  # fit the schedule to the time budget from the first steps' pace
-            per_step = (time.time() - t_train) / probe
-            steps = max(probe + 1, int(args.minutes * 60 / per_step))
+        if steps is None and step == PROBE:
+            per_step = (time.time() - t_train) / PROBE
+            steps = max(PROBE + 1, int(args.minutes * 60 / per_step))
             print(f"{per_step:.2f} s/step -> {steps} steps in {args.minutes:g} minutes")
-        total = steps or 10 ** 9
-        lr = get_lr(step, lr=args.lr, warmup=warmup, steps=total)
+        lr = get_lr(step, lr=args.lr, warmup=WARMUP, steps=steps or WARMUP)  # distill.py's schedule
         for group in optimizer.param_groups:
             group["lr"] = lr
         tokens, mask = make_batch(tok, rng, args.tokens_per_batch, held_out_questions)
-        logits = model(tokens)[:, :-1]                                       # (B, L-1, V)
-        losses = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), tokens[:, 1:].reshape(-1),
-                                 reduction="none").view_as(mask)             # (B, L-1)
-        loss = losses[mask].mean()                                           # solution tokens only
+        loss = solution_loss(model, tokens, mask)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
