@@ -15,9 +15,9 @@ Written to --out: results.csv, erank_layers.csv, results.md (the tables) and, wi
 erank.png (eRank per layer) and loss.png (training loss curves).
 
 The claims under test (METHOD.md): random projections collapse the student's eRank and its multi-step
-reasoning; selection keeps both. The defaults are sized for the example teacher on 2 CPU cores (80 steps of
-4 x 128 tokens per run: a pipeline check more than a training run). The example teacher barely reasons, so
-bench/reasoning_teacher.py makes one that does; the README gives the command and results for it.
+reasoning; selection keeps both. The defaults are sized for the example teacher on 2 CPU cores: 60 steps of
+4 x 128 tokens per run at distill.py's lr, about 40 minutes in all. The example teacher barely reasons, so
+bench/reasoning_teacher.py makes one that does; the README gives the commands and results for both.
 
 Builds on distill.py, erank.py, eval_reasoning.py, load_weights.py, tokenizer.py. Run as:
     python bench/red_vs_lrc.py [--teacher DIR] [--width W] [--steps N] [--out DIR]
@@ -144,7 +144,10 @@ def write_tables(args, rows: list[dict], layer_rows: list[dict]):
     head = ["model", "stage", "val ppl", "solution ppl", "eRank sq", "eRank rv",
             *[f"acc {k}-step" for k in args.steps_list],
             "train min"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    teacher = os.path.basename(os.path.normpath(args.teacher))
+    lines = [f"{teacher} -> width {args.width}; {args.steps} steps x {args.batch_size} x {args.seq_len} tokens "
+             f"per run, lr {args.lr:g}; accuracy on {args.eval_per_step} problems per step count", "",
+             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         accs = [f"{r[c]:.2f} [{r[c + '_lo']:.2f}, {r[c + '_hi']:.2f}]" for c in acc_cols]
         minutes = f"{r['train_s'] / 60:.1f}" if r["train_s"] else ""
@@ -201,10 +204,11 @@ def main():
     parser.add_argument("--teacher", help="teacher HF directory (default: the example teacher, SmolLM2-135M)")
     parser.add_argument("--width", type=int, help="student width (default: half the teacher's, heads-aligned)")
     parser.add_argument("--runs", nargs="+", default=list(RUNS), choices=list(RUNS))
-    parser.add_argument("--steps", type=int, default=80, help="distillation steps per run (equal budgets)")
+    parser.add_argument("--steps", type=int, default=60, help="distillation steps per run (equal budgets)")
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--seq-len", type=int, default=128)
-    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--lr", type=float, default=1e-4,
+                        help="distill.py's default; a small teacher trained from scratch takes 1e-3")
     parser.add_argument("--data", help="distill.py --data (default: a synthetic worked-problem corpus made here)")
     parser.add_argument("--corpus-per-step", type=int, default=1000, help="corpus problems per step count")
     parser.add_argument("--steps-list", type=int, nargs="+", default=[1, 2, 4], help="problem step counts")

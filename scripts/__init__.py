@@ -1,0 +1,4 @@
+"""Makes scripts/ importable as a package (bench/ and tests import scripts.example_teacher); nothing runs here.
+
+Builds on nothing. Run the scripts themselves, e.g. python scripts/example_teacher.py
+"""

@@ -33,3 +33,13 @@ def test_distill_flags_in_readme_exist():
     for line in flags:
         for flag in re.findall(r"(--[a-z][a-z-]+)", line):
             assert f'"{flag}"' in source, f"README uses distill.py {flag}, which distill.py does not define"
+
+
+def test_every_module_docstring_says_what_it_builds_on_and_how_to_run_it():
+    files = [*ROOT.glob("*.py"), *ROOT.glob("bench/*.py"), *ROOT.glob("scripts/*.py"), *ROOT.glob("tests/*.py")]
+    assert len(files) >= 20
+    for path in files:
+        doc = ast.get_docstring(ast.parse(path.read_text())) or ""
+        assert doc.split("\n")[0].strip(), f"{path.name}: no one-line summary"
+        assert "builds on" in doc.lower(), f"{path.relative_to(ROOT)}: docstring does not say what it builds on"
+        assert "run" in doc.lower(), f"{path.relative_to(ROOT)}: docstring does not say how to run it"
