@@ -45,7 +45,7 @@ from data import Batches, DataError, load_sources, val_batches
 from erank import erank
 from init_select import InitError, init_projections
 from load_weights import LoadError, load_model, read_config, replace_dir, save_model
-from student import Student, StudentError, backward_through, leaf_copies, unsharded
+from student import Student, StudentError, backward_through, default_width, leaf_copies, unsharded
 from tokenizer import TokenizerError, load_tokenizer
 
 PRESETS = {"red": dict(init="select", kl_temperature=1.0, alpha=0.2),
@@ -286,12 +286,11 @@ def parse_args(argv=None):
         fail("--steps and --eval-problems must be >= 0 and --batch-size, --grad-accum, --calib >= 1, --seq-len >= 2")
     args.warmup = args.warmup if args.warmup is not None else max(1, round(0.005 * args.steps))
     args.teacher = args.teacher or example_teacher()
-    if args.width is None:  # half the teacher's width, rounded down to a multiple of its heads
+    if args.width is None:
         try:
-            _, t = read_config(args.teacher)
+            args.width = default_width(read_config(args.teacher)[1])
         except LoadError as e:
             fail(str(e))
-        args.width = max(t.n_heads, t.dim // 2 // t.n_heads * t.n_heads)
     args.out = args.out or os.path.join("out", f"{args.preset}-w{args.width}")
     args.run_dir = args.run_dir or args.out.rstrip("/") + ".run"
     return args

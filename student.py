@@ -37,7 +37,7 @@ INPUT_SIDE = {"q": "self_attn.q_proj", "k": "self_attn.k_proj", "v": "self_attn.
               "gate": "mlp.gate_proj", "up": "mlp.up_proj"}      # W_s = W_t P
 OUTPUT_SIDE = {"o": "self_attn.o_proj", "down": "mlp.down_proj"}  # W_s = P^T W_t
 PROJECTIONS = ("q", "k", "v", "o", "gate", "up", "down")           # per layer, in forward order
-PROJECTION_OF = {module: name for name, module in (INPUT_SIDE | OUTPUT_SIDE).items()}
+PROJECTION_OF = {module: name for name, module in (INPUT_SIDE | OUTPUT_SIDE).items()}  # "mlp.up_proj" -> "up"
 LAYER_NORMS = ("input_layernorm", "post_attention_layernorm")
 
 
@@ -59,6 +59,11 @@ def check_width(args: ModelArgs, width: int):
         nearest = " or ".join(str(w) for w in (below, above) if 0 < w <= args.dim)
         raise StudentError(f"width {width} is not a multiple of the teacher's {args.n_heads} attention heads "
                            f"(transformers refuses such a config) - use {nearest}")
+
+
+def default_width(args: ModelArgs) -> int:
+    """Half the teacher's width, rounded down to a multiple of its heads (288 for SmolLM2-135M's 576)."""
+    return max(args.n_heads, args.dim // 2 // args.n_heads * args.n_heads)
 
 
 def state_shapes(args: ModelArgs, width: int) -> tuple[dict[str, tuple], dict[str, tuple]]:

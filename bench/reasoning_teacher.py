@@ -22,6 +22,7 @@ import json
 import math
 import os
 import random
+import shutil
 import sys
 import tempfile
 import time
@@ -72,6 +73,17 @@ def encode_problem(tok, problem: dict) -> tuple[list[int], int]:
     return prompt + tok.encode(" " + problem["answer"]) + [tok.eos_id], len(prompt)
 
 
+def solution_batch(rows: list[tuple[list[int], int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Encoded problems (ids, n_prompt) -> (tokens (B, L) right-padded, loss mask (B, L-1) on the solutions)."""
+    length = max(len(ids) for ids, _ in rows)
+    tokens = torch.full((len(rows), length), pad_id, dtype=torch.long)
+    mask = torch.zeros(len(rows), length - 1, dtype=torch.bool)  # mask[b, t]: predict tokens[b, t + 1]?
+    for b, (ids, n_prompt) in enumerate(rows):
+        tokens[b, :len(ids)] = torch.tensor(ids)
+        mask[b, n_prompt - 1:len(ids) - 1] = True  # from the first solution token through the eos
+    return tokens, mask
+
+
 def make_batch(tok, rng: random.Random, tokens_per_batch: int, held_out: set) -> tuple[torch.Tensor, torch.Tensor]:
     """(tokens (B, L), loss mask (B, L-1)): problems of one random step count, right-padded with eos."""
     steps = rng.choice(STEP_COUNTS)
@@ -80,13 +92,7 @@ def make_batch(tok, rng: random.Random, tokens_per_batch: int, held_out: set) ->
         problem = er.make_problem(rng, steps)
         if problem["question"] not in held_out:  # never train on an evaluation question
             rows.append(encode_problem(tok, problem))
-    length = max(len(ids) for ids, _ in rows)
-    tokens = torch.full((len(rows), length), tok.eos_id, dtype=torch.long)
-    mask = torch.zeros(len(rows), length - 1, dtype=torch.bool)  # mask[b, t]: predict tokens[b, t + 1]?
-    for b, (ids, n_prompt) in enumerate(rows):
-        tokens[b, :len(ids)] = torch.tensor(ids)
-        mask[b, n_prompt - 1:len(ids) - 1] = True  # from the first solution token through the eos
-    return tokens, mask
+    return solution_batch(rows, tok.eos_id)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -190,6 +196,7 @@ def main():
     with open(os.path.join(staging, "config.json"), "w") as f:
         json.dump(model.args.to_hf_config() | {"eos_token_id": tok.eos_id, "bos_token_id": None}, f)
     save_model(model.eval(), args.out, like=staging)
+    shutil.rmtree(staging)
     results = accuracy_by_steps(model, tok, held_out, 64)
     print(f"\nheld-out greedy accuracy ({args.eval_per_step} problems per step count, zero-shot):")
     print(f"{'steps':>5s} {'accuracy':>9s} {'95% Wilson':>16s} {'tokens/s':>9s}")

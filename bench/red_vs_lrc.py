@@ -38,9 +38,11 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 import eval_reasoning as er  # noqa: E402
 from data import qa_text  # noqa: E402
+from distill import example_teacher  # noqa: E402
 from erank import measure_model, token_sequences  # noqa: E402
-from load_weights import load_model  # noqa: E402
-from reasoning_teacher import encode_problem  # noqa: E402
+from load_weights import load_model, read_config  # noqa: E402
+from reasoning_teacher import encode_problem, solution_batch, solution_loss  # noqa: E402
+from student import default_width  # noqa: E402
 from tokenizer import load_tokenizer  # noqa: E402
 
 RUNS = {  # name -> extra distill.py flags
@@ -78,7 +80,7 @@ def write_corpus(path: str, n_per_step: int, steps: list[int], seed: int):
     er.write_jsonl(path, rows)
 
 
-def distill(args, name: str, flags: list[str], steps: int, out: str) -> float:
+def run_distill(args, name: str, flags: list[str], steps: int, out: str) -> float:
     """Run distill.py; returns its wall time in seconds. Output goes to <out>.log."""
     cmd = [sys.executable, os.path.join(ROOT, "distill.py"), "--teacher", args.teacher, "--width", str(args.width),
            "--data", args.data, "--steps", str(steps), "--seq-len", str(args.seq_len),
@@ -101,14 +103,10 @@ def solution_perplexity(model, solutions: list[tuple[list[int], int]], pad_id: i
     mostly score questions it was never asked to predict."""
     nll, count = 0.0, 0
     for i in range(0, len(solutions), batch_size):
-        rows = solutions[i:i + batch_size]
-        length = max(len(ids) for ids, _ in rows)
-        x = torch.tensor([ids + [pad_id] * (length - len(ids)) for ids, _ in rows])  # right-padded (B, L)
-        logp = model(x)[:, :-1].float().log_softmax(-1)                                    # (B, L-1, V)
-        for b, (ids, n_prompt) in enumerate(rows):  # positions n_prompt-1 .. len-2 predict the solution
-            targets = torch.tensor(ids[n_prompt:])
-            nll -= logp[b, n_prompt - 1:len(ids) - 1].gather(-1, targets[:, None]).sum().item()
-            count += len(targets)
+        tokens, mask = solution_batch(solutions[i:i + batch_size], pad_id)  # (B, L), (B, L-1)
+        n = int(mask.sum())
+        nll += solution_loss(model, tokens, mask).item() * n  # the batch's mean NLL -> its sum
+        count += n
     return math.exp(nll / count)
 
 
@@ -220,14 +218,11 @@ def main():
     parser.add_argument("--out", default="out/red_vs_lrc")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-    if args.teacher is None:
-        from scripts.example_teacher import build_example_teacher
-        args.teacher = build_example_teacher()
+    args.teacher = args.teacher or example_teacher()
     os.makedirs(args.out, exist_ok=True)
     tok = load_tokenizer(args.teacher)
-    teacher_args = load_model(args.teacher).args
-    if args.width is None:
-        args.width = teacher_args.dim // 2 // teacher_args.n_heads * teacher_args.n_heads
+    teacher_args = read_config(args.teacher)[1]
+    args.width = args.width or default_width(teacher_args)
     if args.data is None:
         args.data = os.path.join(args.out, "train.jsonl")
         write_corpus(args.data, args.corpus_per_step, args.steps_list, args.seed)
@@ -250,9 +245,9 @@ def main():
     record("teacher", "", args.teacher)
     for name in args.runs:
         step0, final = os.path.join(args.out, f"{name}-step0"), os.path.join(args.out, name)
-        distill(args, name, RUNS[name], 0, step0)
+        run_distill(args, name, RUNS[name], 0, step0)
         record(name, "step 0", step0)
-        seconds = distill(args, name, RUNS[name], args.steps, final)
+        seconds = run_distill(args, name, RUNS[name], args.steps, final)
         curves[name] = loss_curve(final)
         record(name, "end", final, seconds)
     write_tables(args, rows, layer_rows)

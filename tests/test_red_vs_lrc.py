@@ -12,6 +12,7 @@ import importlib.util
 import os
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import pytest
 
@@ -80,7 +81,7 @@ def test_recorded_numbers_match_a_direct_measurement(experiment, monkeypatch):
     bench = importlib.import_module("red_vs_lrc")
     from tokenizer import load_tokenizer
     tok = load_tokenizer(teacher)
-    args = type("Args", (), dict(steps_list=[1, 2], seq_len=32, erank_tokens=512, eval_per_step=3))()
+    args = SimpleNamespace(steps_list=[1, 2], seq_len=32, erank_tokens=512, eval_per_step=3)  # the run's flags
     held = bench.held_out(tok, args)
     model = load_model(str(out / "red"))
     layers = measure_model(model, held.sequences)
