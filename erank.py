@@ -1,8 +1,8 @@
-"""Effective rank (eRank) of hidden states, for one batch or streamed over any number of tokens, per layer.
+"""Effective rank (eRank) of hidden states, streamed over any number of tokens; the held-out measurement of a model.
 
 RED traces LRC's "reasoning collapse" to eRank collapse: a few directions take over the student's residual
-stream and tokens become hard to tell apart (RED abstract; METHOD.md §3.1, §3.4). This file measures it, by
-either of two definitions; every report says which (METHOD.md §5):
+stream and tokens become hard to tell apart (METHOD §3.1, §3.8). This file measures it, by either of two
+definitions; every report says which (METHOD §4.1):
 
   kind="sq"  Diff-eRank (Wei et al., NeurIPS'24, arXiv 2401.17139), the primary one: centre the tokens,
              L2-normalise each token, take the eigenvalues of the covariance Z^T Z / N divided by its trace,
@@ -17,21 +17,28 @@ Streaming and the mean: "rv" is exact in one pass, since for any shift c
 sum (x-mu)(x-mu)^T = sum (x-c)(x-c)^T - n (mu-c)(mu-c)^T (c = the first chunk's mean, so little cancels).
 "sq" divides each token by ||x - mu||, non-linear in the global mean mu, so no fixed-size summary of one pass
 gives it exactly. We keep it exact and make the cost explicit: `ERankAccumulator(d, kind="sq", mean=mu)` needs
-the mean up front, `erank_streaming` reads its chunks twice, and the CLI runs two forward passes (the first
-also gives "rv" and the means). Token indistinguishability (METHOD.md §3.5), the mean pairwise cosine of the
-tokens, streams in O(d) memory from the sum of the unit token vectors (`TokenCosineAccumulator`).
+the mean up front, `erank_streaming` reads its chunks twice, and `measure_model` runs two forward passes (the
+first also gives "rv", the means and the perplexity). Token indistinguishability, the mean pairwise cosine of
+the tokens, streams in O(d) memory from the sum of the unit token vectors (`TokenCosineAccumulator`).
 
-Builds on model.py, load_weights.py and tokenizer.py: the CLI reads each block's output through
-`Transformer.forward(taps=)`.
-Run as: python erank.py --model DIR [--model DIR2 ...] --data FILE [--tokens 4096] [--kind both] [--json]
+`measure_model(model, windows)` is red's one measurement of a model on held-out text (METHOD §4.2, §4.3): the
+per-layer eRank of the block outputs (position 0 of every window left out: `FIRST_MEASURED`) and the
+perplexity, from the same forward passes; validation, reports, the CLIs and the benchmarks all call it.
+
+Builds on model.py (its taps); the CLI also on data.py, load_weights.py, tokenizer.py and cli.py.
+Run as: python erank.py --model DIR [--model DIR2 ...] --data SOURCE [--seq-len 512] [--windows 8] [--json]
 """
+import cli  # first, and standard library only: Ctrl-C during the imports below is one line
+
+if __name__ == "__main__":
+    cli.interrupt_while_starting()
+
 import argparse
 import json
 import math
-import os
-import sys
 
 import torch
+import torch.nn.functional as F
 
 KINDS = ("sq", "rv")
 STEP_ELEMENTS = 2**20  # float64 temporaries of 8 MiB: bounded whatever the chunk, and under glibc's mmap
@@ -207,6 +214,13 @@ class TokenCosineAccumulator:
 # ---------------------------------------------------------------------------------------------------------
 # One-batch and two-pass entry points
 
+def spectrum_summary(P: torch.Tensor) -> list[float]:
+    """[largest, median, smallest singular value, Roy-Vetterli eRank of the singular values] of a matrix, e.g.
+    a projection (D_t, W): a selection matrix reads [1, 1, 1, W]; training spreads a random one (METHOD §3.8)."""
+    s = torch.linalg.svdvals(P.detach().float())  # (W,) descending
+    return [s[0].item(), s.median().item(), s[-1].item(), erank_rv(s)]
+
+
 def erank(h: torch.Tensor, *, kind: str = "sq") -> float:
     """eRank of the N tokens h (N, d): kind "sq" (Diff-eRank) or "rv" (Roy-Vetterli); float64 inside."""
     h = torch.as_tensor(h)
@@ -238,104 +252,86 @@ def token_cosine(h: torch.Tensor, *, center: bool = True) -> float:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Data: texts (read by data.read_documents) into token sequences; data.py does the real packing
+# The held-out measurement: per-layer eRank of the residual stream and perplexity, from the same forward passes
+#
+# This is the one way red measures a model on text (distill.py's validation and summary, init_select.py's
+# report, eval_reasoning.py --ppl, the benchmarks): windows packed by data.py, each model in its own dtype
+# with no autocast, so a step-0 and a final measurement, on CPU or GPU, are comparable.
 
-def token_sequences(texts: list[str], tok, *, seq_len: int, max_tokens: int) -> list[list[int]]:
-    """The texts' tokens, concatenated and cut into sequences of <= seq_len (bos first when the tokenizer has one)."""
-    stream = []
-    for text in texts:
-        stream += tok.encode(text)  # no separators: each sequence already opens with bos (if any)
-        if len(stream) >= max_tokens:  # enough text: do not tokenise the rest of a large file
-            break
-    bos = [] if tok.bos_id is None else [tok.bos_id]
-    step = seq_len - len(bos)  # bos counts against seq_len
-    sequences = [bos + stream[i:i + step] for i in range(0, len(stream), step)]
-    out, fed = [], 0
-    for seq in sequences:
-        seq = seq[:max_tokens - fed]  # --tokens caps everything fed, bos included
-        if len(seq) < 2:  # one token has no position after the first to measure
-            break
-        out.append(seq)
-        fed += len(seq)
+def window_nll(logits: torch.Tensor, windows: torch.Tensor) -> torch.Tensor:
+    """(B,) summed next-token NLL of each window: logits (B, T, V) predict windows (B, T) shifted by one, fp32."""
+    V = logits.shape[-1]
+    nll = F.cross_entropy(logits[:, :-1].reshape(-1, V).float(), windows[:, 1:].reshape(-1), reduction="none")
+    return nll.view(windows.shape[0], -1).sum(1)  # (B,): T - 1 predictions each; position 0 has no context
+
+
+def resid_tap(update) -> "callable":
+    """A tap (model.py) that hands update(layer, h (n, D)) every block output, position 0 of each window left
+    out (FIRST_MEASURED), and ignores every other activation."""
+    def tap(layer: int, name: str, h: torch.Tensor):
+        if name == "resid":
+            update(layer, h[:, FIRST_MEASURED:].reshape(-1, h.shape[-1]))  # (B (T - 1), D)
+    return tap
+
+
+# NOTE: position 0 of every window is the attention sink and carries massive activations (one SmolLM2 channel
+# reaches ~20,000 there against a median of 170-330), enough to swing a covariance on its own; it is not a
+# token the model must tell apart from the others, so eRank leaves it out (METHOD §4.2). Perplexity cannot
+# score it anyway: nothing before it predicts it.
+FIRST_MEASURED = 1
+
+
+@torch.no_grad()  # not inference_mode: FSDP2 would keep its gather buffers as inference tensors (distill --fsdp)
+def measure_model(model, windows: torch.Tensor, *, layers: bool = True, batch_size: int = 8,
+                  per_seq: bool = False) -> dict:
+    """Measure `model` on windows (N, T) long: perplexity, and (layers=True) per-layer eRank and token cosine.
+
+    Returns loss (mean NLL per predicted token), ppl, predicted (N (T - 1)), window_nll (N,) float64 and, with
+    layers, `layers` = [{layer, erank_sq, erank_rv, token_cos, token_cos_raw}] over the block outputs with the
+    means erank_sq / erank_rv. All tokens of all windows are pooled (exact: pass 1 gives perplexity, "rv" and
+    the means, pass 2 the centred "sq" and cosine); per_seq=True instead averages each window's own values.
+    """
+    N, T = windows.shape
+    assert N >= 1 and T >= 2, f"expected windows (N >= 1, T >= 2), got {tuple(windows.shape)}"
+    device, L, D = model.embed_tokens.weight.device, model.args.n_layers, model.args.dim
+    batch_size = max(1, min(batch_size, 2**28 // (T * model.args.vocab_size)))  # fp32 logits near 1 GB at most
+    batches = [windows[i:i + batch_size].to(device) for i in range(0, N, batch_size)]
+    tap = None
+    if layers and per_seq:  # Diff-eRank's protocol: every window on its own, then the mean over windows
+        totals = torch.zeros(L, 4, dtype=torch.float64)
+
+        def update(layer, h):
+            for seq in h.view(-1, T - FIRST_MEASURED, D):  # (T - 1, D)
+                totals[layer] += torch.tensor([erank(seq, kind="sq"), erank(seq, kind="rv"), token_cosine(seq),
+                                               token_cosine(seq, center=False)], dtype=torch.float64)
+        tap = resid_tap(update)
+    elif layers:  # pooled: pass 1 here, pass 2 below
+        rv, raw_cos = [ERankAccumulator(D, kind="rv") for _ in range(L)], [TokenCosineAccumulator(D) for _ in range(L)]
+        tap = resid_tap(lambda layer, h: (rv[layer].update(h), raw_cos[layer].update(h)))
+    nll = torch.cat([window_nll(model(x, tap=tap), x).double().cpu() for x in batches])  # (N,)
+    out = {"loss": nll.sum().item() / (N * (T - 1)), "predicted": N * (T - 1), "window_nll": nll}
+    out["ppl"] = math.exp(min(out["loss"], 50.0))  # capped: a random student's loss can overflow exp
+    if not layers:
+        return out
+    if per_seq:
+        values = (totals / N).tolist()
+    else:
+        # NOTE: pass 2 must see pass 1's activations; it does on CPU (deterministic), on GPU up to rounding
+        sq = [ERankAccumulator(D, kind="sq", mean=acc.mean()) for acc in rv]
+        cos = [TokenCosineAccumulator(D, mean=acc.mean()) for acc in rv]
+        tap = resid_tap(lambda layer, h: (sq[layer].update(h), cos[layer].update(h)))
+        for x in batches:
+            model(x, tap=tap, last_only=True)  # the LM head on one position: its logits are not needed here
+        values = [(sq[i].value(), rv[i].value(), cos[i].value(), raw_cos[i].value()) for i in range(L)]
+    names = ("erank_sq", "erank_rv", "token_cos", "token_cos_raw")
+    out["layers"] = [dict(layer=layer, **dict(zip(names, v))) for layer, v in enumerate(values)]
+    out["erank_sq"] = sum(r["erank_sq"] for r in out["layers"]) / L
+    out["erank_rv"] = sum(r["erank_rv"] for r in out["layers"]) / L
+    out["tokens_measured"] = N * (T - FIRST_MEASURED)
     return out
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Per-layer measurement of a model's residual stream
-
-class ResidTaps(dict):
-    """A `taps` sink for Transformer.forward: hands each block output to fn(layer, h) and keeps nothing."""
-
-    def __init__(self, fn):
-        super().__init__()  # stays empty: the forward's tensors are never stored
-        self.fn = fn
-
-    def __setitem__(self, key: str, value: torch.Tensor):
-        layer, _, name = key.partition(".")
-        if name == "resid":  # the other taps (q, k, gate, ...) are dropped as they arrive
-            self.fn(int(layer), value)
-
-
-def run_layers(model, sequences: list[list[int]], fn, *, keep_first: bool, batch_size: int):
-    """Forward the sequences; call fn(layer, h (B, T', D)) per block output (position 0 dropped unless keep_first)."""
-    # NOTE: position 0 is the attention sink and carries massive activations (one SmolLM2 channel reaches
-    # ~20,000 there against a median of 170-330), enough to change the teacher's eRank a lot on its own
-    first = 0 if keep_first else 1
-    taps = ResidTaps(lambda layer, h: fn(layer, h[:, first:]))  # (B, T - first, D)
-    device = model.embed_tokens.weight.device
-    with torch.inference_mode():
-        i = 0
-        while i < len(sequences):  # batches of equal-length sequences (only the last one can be shorter)
-            j = i + 1
-            while j < len(sequences) and j - i < batch_size and len(sequences[j]) == len(sequences[i]):
-                j += 1
-            model(torch.tensor(sequences[i:j], dtype=torch.long, device=device), taps=taps)  # (B, T) in
-            i = j
-
-
-def measure_model(model, sequences: list[list[int]], *, keep_first: bool = False, per_seq: bool = False,
-                  batch_size: int = 8) -> list[dict]:
-    """Per layer: eRank sq and rv, and token cosine (centred, and raw), pooled over all tokens or per sequence."""
-    L, D = model.args.n_layers, model.args.dim
-    if per_seq:  # METHOD.md §3.5 / Diff-eRank: each text on its own, then the mean over texts; one pass
-        totals, count = [[0.0] * 4 for _ in range(L)], [0] * L
-
-        def per_sequence(layer, h):  # h: (B, T', D)
-            for seq in h:  # (T', D); its eRank is at most T' - 1 (centring removes one direction)
-                values = (erank(seq, kind="sq"), erank(seq, kind="rv"), token_cosine(seq),
-                          token_cosine(seq, center=False))
-                totals[layer] = [t + v for t, v in zip(totals[layer], values)]
-                count[layer] += 1
-        run_layers(model, sequences, per_sequence, keep_first=keep_first, batch_size=batch_size)
-        values = [[t / count[layer] for t in totals[layer]] for layer in range(L)]
-    else:  # all tokens pooled, exact: pass 1 gives "rv" and the means, pass 2 the centred "sq" and cosine
-        rv = [ERankAccumulator(D, kind="rv") for _ in range(L)]
-        raw_cos = [TokenCosineAccumulator(D) for _ in range(L)]
-
-        def first_pass(layer, h):
-            rv[layer].update(h.reshape(-1, D))  # (B T', D)
-            raw_cos[layer].update(h.reshape(-1, D))
-        run_layers(model, sequences, first_pass, keep_first=keep_first, batch_size=batch_size)
-        # NOTE: pass 2 must see the same activations; it does on CPU (deterministic), and on GPU up to rounding
-        sq = [ERankAccumulator(D, kind="sq", mean=acc.mean()) for acc in rv]
-        cos = [TokenCosineAccumulator(D, mean=acc.mean()) for acc in rv]
-
-        def second_pass(layer, h):
-            sq[layer].update(h.reshape(-1, D))  # (B T', D)
-            cos[layer].update(h.reshape(-1, D))
-        run_layers(model, sequences, second_pass, keep_first=keep_first, batch_size=batch_size)
-        values = [(sq[i].value(), rv[i].value(), cos[i].value(), raw_cos[i].value()) for i in range(L)]
-    names = ("erank_sq", "erank_rv", "token_cos", "token_cos_raw")
-    return [dict(layer=layer, **dict(zip(names, v))) for layer, v in enumerate(values)]
-
-
-# ---------------------------------------------------------------------------------------------------------
-
-def fail(message: str):
-    """User error: one line on stderr, exit status 2."""
-    print(f"error: {message}", file=sys.stderr)
-    sys.exit(2)
-
 
 def print_table(results: list[dict], kinds: list[str], header: str):
     """One row per layer, one column per model and measure, then the mean and the mean / d."""
@@ -347,8 +343,8 @@ def print_table(results: list[dict], kinds: list[str], header: str):
     def cell(value, k):  # eRanks with one decimal, cosines with four
         return f"{'':>10}" if value is None else f"{value:>10.1f}" if k.startswith("erank") else f"{value:>10.4f}"
     for m, r in enumerate(results):
-        print(f"  model {chr(65 + m)} = {r['model']} (d={r['dim']}, {r['n_layers']} layers, "
-              f"{r['tokens_measured']} tokens measured of {r['tokens_fed']} fed in {r['sequences']} sequences)")
+        print(f"  model {chr(65 + m)} = {r['model']} (d={r['dim']}, {r['n_layers']} layers, {r['windows']} windows, "
+              f"{r['tokens_measured']} tokens measured; perplexity {r['ppl']:.3f})")
     print(f"{'layer':>6}" + "".join(f"{chr(65 + m) + ' ' + short[k]:>10}" for m, k in cols))
     for layer in range(max(r["n_layers"] for r in results)):
         row = [results[m]["layers"][layer][k] if layer < results[m]["n_layers"] else None for m, k in cols]
@@ -358,70 +354,54 @@ def print_table(results: list[dict], kinds: list[str], header: str):
                                      else cell(None, k) for m, k in cols).rstrip())
 
 
-def main():
-    parser = argparse.ArgumentParser(description="Per-layer effective rank of the residual stream of checkpoints.")
+def main(argv=None):
+    from data import load_windows
+    from sources import DataError, check_source, parse_spec
+    from load_weights import LoadError, load_model, read_config
+    from tokenizer import TokenizerError, load_tokenizer
+    parser = argparse.ArgumentParser(prog="erank.py", description="Per-layer effective rank of the residual stream "
+                                     "of checkpoints, and their perplexity, on the same held-out windows.")
     parser.add_argument("--model", action="append", required=True, help="HF checkpoint directory (repeat to compare)")
-    parser.add_argument("--data", required=True, help=".txt, or .jsonl with `text` or `question`/`answer` fields")
-    parser.add_argument("--tokens", type=int, default=4096, help="at most this many tokens fed to each model")
-    parser.add_argument("--seq-len", type=int, default=512)
+    parser.add_argument("--data", required=True, help="a data.py source: .txt, .jsonl, .bin, .npy, pydoc, problems:N")
+    parser.add_argument("--seq-len", type=cli.int_at_least(2), default=512, help="window length in tokens")
+    parser.add_argument("--windows", type=cli.int_at_least(1), default=8, help="at most this many windows")
     parser.add_argument("--kind", choices=["sq", "rv", "both"], default="both",
                         help="sq: Diff-eRank (centred, row-normalised, covariance eigenvalues); rv: Roy-Vetterli")
-    parser.add_argument("--keep-first", action="store_true",
-                        help="keep position 0 of each sequence (dropped by default: massive activations)")
     parser.add_argument("--per-seq", action="store_true",
-                        help="eRank of each sequence, averaged over sequences, instead of pooling all tokens")
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+                        help="eRank of each window, averaged over windows, instead of pooling all tokens")
+    parser.add_argument("--batch-size", type=cli.int_at_least(1), default=8)
+    parser.add_argument("--seed", type=cli.int_at_least(0), default=0, help="seed of problems:N")
+    parser.add_argument("--device", type=cli.device, default=cli.default_device())
     parser.add_argument("--json", action="store_true", help="print JSON instead of the table")
-    args = parser.parse_args()
+    args = cli.parse_args(parser, argv)
     torch.manual_seed(0)  # nothing here is random; seeded all the same, by house rule
     kinds = list(KINDS) if args.kind == "both" else [args.kind]
-    if args.tokens < 2 or args.seq_len < 2:
-        fail(f"--tokens {args.tokens} / --seq-len {args.seq_len} too small - both need at least 2 tokens")
-    from data import DataError, read_documents
-    try:
-        texts = [t for t in read_documents(args.data) if t.strip()]
-    except DataError as e:
-        fail(str(e))
-    except OSError as e:
-        fail(f"{args.data}: cannot read it ({e.strerror}) - check the path and its permissions")
-    if not texts:
-        fail(f"{args.data}: no text in the file - pass a non-empty .txt or .jsonl file")
-    for path in args.model:
-        if not os.path.isdir(path):
-            fail(f"{path}: model directory not found - pass a Hugging Face checkpoint directory")
-
-    # the library part above needs only torch; the CLI also needs the model, its loader and tokenizer
-    from load_weights import LoadError, load_model
-    from tokenizer import TokenizerError, load_tokenizer
-
     results = []
-    for path in args.model:
-        try:
+    with cli.user_errors(DataError, LoadError, TokenizerError):
+        check_source(parse_spec(args.data)[0])  # a missing file fails before any model loads
+        for path in args.model:  # every model checked before the first is measured
+            read_config(path)
+            load_tokenizer(path)
+        for path in args.model:
             model, tok = load_model(path, device=args.device), load_tokenizer(path)
-        except (LoadError, TokenizerError) as e:
-            fail(str(e))
-        sequences = token_sequences(texts, tok, seq_len=args.seq_len, max_tokens=args.tokens)
-        if not sequences:
-            fail(f"{args.data}: fewer than 2 tokens after tokenising - pass more text")
-        layers = measure_model(model, sequences, keep_first=args.keep_first, per_seq=args.per_seq,
-                               batch_size=args.batch_size)
-        keep = {"layer", "token_cos", "token_cos_raw"} | {f"erank_{kind}" for kind in kinds}
-        layers = [{k: v for k, v in row.items() if k in keep} for row in layers]  # only the kinds asked for
-        fed = sum(len(s) for s in sequences)
-        mean = {k: sum(row[k] for row in layers) / len(layers) for k in layers[0] if k != "layer"}
-        results.append(dict(model=path, dim=model.args.dim, n_layers=model.args.n_layers, sequences=len(sequences),
-                            tokens_fed=fed, tokens_measured=fed - (0 if args.keep_first else len(sequences)),  # 1/seq
-                            layers=layers, mean=mean))
-        del model  # one model in memory at a time
-
+            if args.seq_len > model.args.max_seq_len:
+                cli.fail(f"--seq-len {args.seq_len} exceeds {path}'s {model.args.max_seq_len} positions - lower it")
+            windows = load_windows(args.data, tok, args.seq_len, seed=args.seed, limit=args.windows)
+            m = measure_model(model, windows, per_seq=args.per_seq, batch_size=args.batch_size)
+            keep = {"layer", "token_cos", "token_cos_raw"} | {f"erank_{kind}" for kind in kinds}
+            layers = [{k: v for k, v in row.items() if k in keep} for row in m["layers"]]  # only the kinds asked for
+            mean = {k: sum(row[k] for row in layers) / len(layers) for k in layers[0] if k != "layer"}
+            results.append(dict(model=path, dim=model.args.dim, n_layers=model.args.n_layers, windows=len(windows),
+                                tokens_measured=m["tokens_measured"], ppl=m["ppl"], loss=m["loss"], layers=layers,
+                                mean=mean))
+            del model  # one model in memory at a time
     if args.json:
-        print(json.dumps(dict(kinds=kinds, keep_first=args.keep_first, per_seq=args.per_seq, seq_len=args.seq_len,
-                              data=args.data, models=results), indent=1))
+        print(json.dumps(dict(kinds=kinds, per_seq=args.per_seq, seq_len=args.seq_len, data=args.data,
+                              first_measured=FIRST_MEASURED, models=results), indent=1))
         return
-    first = "position 0 kept (--keep-first)" if args.keep_first else "position 0 of each sequence excluded"
-    pooling = "mean over sequences (--per-seq)" if args.per_seq else "all tokens pooled"
-    header = (f"eRank of the residual stream after each block; {first}; {pooling}; seq-len {args.seq_len}\n"
+    pooling = "mean over windows (--per-seq)" if args.per_seq else "all tokens pooled"
+    header = (f"eRank of the residual stream after each block; position 0 of each window excluded; {pooling}; "
+              f"windows of {args.seq_len} tokens of {args.data}\n"
               "  sq = Diff-eRank (centred, row-normalised tokens, covariance eigenvalues); rv = Roy-Vetterli\n"
               "  (singular values of the centred tokens); cos / rawcos = mean pairwise cosine of the tokens after /\n"
               "  without centring (centring removes the shared direction: rawcos shows tokens crowding together)")

@@ -1,7 +1,8 @@
-"""GSM8K-style chain-of-thought accuracy with batched greedy decoding, perplexity, and a synthetic problem set.
+"""GSM8K-style chain-of-thought accuracy with batched greedy decoding, and the solution-only perplexity.
 
 The question RED asks of a student is whether it still *reasons* like its teacher; the measurement is
-greedy chain-of-thought accuracy on grade-school arithmetic word problems (GSM8K, Cobbe et al. 2021):
+greedy chain-of-thought accuracy on grade-school arithmetic word problems (GSM8K, Cobbe et al. 2021;
+METHOD §4.4):
   - base models get `--shots K` worked examples in the plain "Question: ...\nAnswer: ..." format (the one
     data.py trains on and lm-evaluation-harness's gsm8k task uses), taken from a train split (`--fewshot`);
   - instruct models get the question zero-shot through their chat format (`--chat`), told to reason step
@@ -11,23 +12,28 @@ text starts a new "Question:". The answer is the number after "The answer is", e
 last number in the text, compared as an exact fraction. Accuracy comes with a 95% Wilson interval, because
 200 problems leave a +-7 point interval at 50%.
 
-`--ppl FILE` is the cheap general-ability proxy: token perplexity over non-overlapping windows.
-`--make-synthetic N` writes a seeded set of multi-step arithmetic word problems in GSM8K format, so a
-reasoning benchmark (and a train split for few-shot exemplars, with another seed) exists offline.
+`--ppl SOURCE` reports text perplexity through erank.measure_model, red's one measurement (windows packed by
+data.py). `solution_perplexity` is a different quantity under its own name: the loss on worked solutions given
+their questions, what a model trained on solutions only (bench/reasoning_teacher.py) is judged by.
+`--make-synthetic N --ops K` writes a seeded set of problems.py's K-step problems, so a reasoning benchmark
+(and a train split for few-shot exemplars, with another seed) exists offline.
 
-Builds on model.py (generate, forward), load_weights.py (load_model), tokenizer.py (encode, chat) and data.py
-(the Question/Answer document format, UTF-8 reading, atomic writes).
+Builds on model.py (generate, forward), load_weights.py, tokenizer.py, problems.py, data.py, erank.py, cli.py.
 Run as: python eval_reasoning.py --model DIR --data test.jsonl [--chat | --shots 4 --fewshot train.jsonl]
-                                 [--limit N] [--out preds.jsonl] [--ppl FILE]
-        python eval_reasoning.py --make-synthetic 200 --steps 2 --seed 1 --out test.jsonl
+                                 [--limit N] [--out preds.jsonl] [--ppl SOURCE]
+        python eval_reasoning.py --make-synthetic 200 --ops 2 --seed 1 --out test.jsonl
 """
+import cli  # first, and standard library only: Ctrl-C during the imports below is one line
+
+if __name__ == "__main__":
+    cli.interrupt_while_starting()
+
 import argparse
 import json
 import math
 import os
 import random
 import re
-import sys
 import time
 from fractions import Fraction
 
@@ -35,9 +41,12 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from data import DataError, atomic_write, qa_text, read_text
-from load_weights import LoadError, load_model
-from model import generate
+from data import load_windows
+from erank import measure_model
+from load_weights import LoadError, load_model, read_config
+from model import ContextError, generate
+from problems import make_synthetic, qa_text
+from sources import DataError, read_text
 from tokenizer import TokenizerError, load_tokenizer
 
 CHAT_INSTRUCTION = 'Solve the problem step by step. End your reply with "The answer is N." where N is the final number.'
@@ -100,7 +109,7 @@ def extract_answer(text: str) -> str | None:
 def gold_answer(answer) -> str | None:
     """A dataset answer ('... #### 72', '72' or 72) -> the normalised gold number, or None if there is none."""
     if isinstance(answer, (int, float)) and not isinstance(answer, bool):  # JSON's true is an int in Python
-        return normalize_number(str(answer))
+        return normalize_number(str(answer)) if math.isfinite(answer) else None  # JSON may carry NaN
     if not isinstance(answer, str):
         return None
     # GSM8K's worked solution ends with "#### N"; everything before it is reasoning, not the answer
@@ -135,22 +144,21 @@ def read_items(path: str) -> list[dict]:
     if not os.path.isfile(path):
         raise EvalError(f"{path}: no such file - pass a JSONL file with 'question' and 'answer' fields")
     items = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():  # a trailing newline or a blank separator line is not an item
-                continue
-            try:
-                item = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise EvalError(f"{path}:{lineno}: not valid JSON ({e.msg}) - each line must be one JSON object")
-            if not isinstance(item, dict) or not isinstance(item.get("question"), str) or "answer" not in item:
-                raise EvalError(f"{path}:{lineno}: needs a 'question' string and an 'answer' - GSM8K format")
-            gold = gold_answer(item["answer"])
-            if gold is None:
-                raise EvalError(f"{path}:{lineno}: no numeric gold answer in {str(item['answer'])[-40:]!r} - the "
-                                "answer must end in '#### <number>' or be a number")
-            # the gold number is parsed once, here, so a bad line fails before any model is loaded
-            items.append({"question": item["question"], "answer": item["answer"], "gold": gold})
+    for lineno, line in enumerate(read_text(path).split("\n"), 1):  # read_text: bad UTF-8 is one line
+        if not line.strip():  # a trailing newline or a blank separator line is not an item
+            continue
+        try:
+            item = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise EvalError(f"{path}:{lineno}: not valid JSON ({e.msg}) - each line must be one JSON object")
+        if not isinstance(item, dict) or not isinstance(item.get("question"), str) or "answer" not in item:
+            raise EvalError(f"{path}:{lineno}: needs a 'question' string and an 'answer' - GSM8K format")
+        gold = gold_answer(item["answer"])
+        if gold is None:
+            raise EvalError(f"{path}:{lineno}: no numeric gold answer in {str(item['answer'])[-40:]!r} - the "
+                            "answer must end in '#### <number>' or be a finite number")
+        # the gold number is parsed once, here, so a bad line fails before any model is loaded
+        items.append({"question": item["question"], "answer": item["answer"], "gold": gold})
     if not items:
         raise EvalError(f"{path}: no items - the file is empty")
     return items
@@ -215,6 +223,12 @@ def evaluate(model, tokenizer, items: list[dict], *, shots: int = 0, fewshot_ite
         raise EvalError("an item has no numeric gold answer - answers must end in '#### <number>'")
     prompts = [build_prompt(tokenizer, it["question"], exemplars, chat) for it in items]
     prompt_ids = [tokenizer.encode(p) for p in prompts]  # the bos, if any, is already in the text
+    # the model's positions bound prompt + generation: a small model trained on short texts gets less room
+    room = model.args.max_seq_len - max(len(p) for p in prompt_ids)
+    if room < 1:
+        raise EvalError(f"a prompt of {max(len(p) for p in prompt_ids)} tokens fills the model's "
+                        f"{model.args.max_seq_len} positions - use fewer --shots or shorter questions")
+    max_new_tokens = min(max_new_tokens, room)
     # longest prompts first: a batch holds similar lengths (little padding), and memory trouble shows at once
     order = sorted(range(len(items)), key=lambda i: -len(prompt_ids[i]))
     stop, generated, seconds = question_stop(tokenizer), [None] * len(items), 0.0
@@ -241,137 +255,97 @@ def evaluate(model, tokenizer, items: list[dict], *, shots: int = 0, fewshot_ite
                 tokens_per_s=total_tokens / max(seconds, 1e-9), predictions=predictions)
 
 
-def scored_windows(token_ids: list[int], window: int) -> list[list[int]]:
-    """Non-overlapping windows of `window` tokens; a 1-token tail is dropped (it has nothing to predict)."""
-    windows = [token_ids[i:i + window] for i in range(0, len(token_ids), window)]
-    return [w for w in windows if len(w) >= 2]
-
-
-@torch.inference_mode()
-def perplexity(model, token_ids: list[int], window: int, batch_size: int = 8) -> float:
-    """exp(mean next-token NLL) over non-overlapping windows of `window` tokens, each scored on its own.
-
-    NOTE: the first token of every window is context only (nothing before it in the window predicts it),
-    so the score counts len - 1 predictions per window. Cheaper than a sliding window, and slightly pessimistic
-    because early tokens of each window see little context; compare models only at the same window.
-    """
-    windows = scored_windows(token_ids, window)
-    if not windows:
-        raise EvalError("perplexity needs at least 2 tokens - pass a longer text")
-    device = next(model.parameters()).device
-    # full windows go in batches; a shorter last window is a batch of its own (no padding needed anywhere)
-    full = [w for w in windows if len(w) == window]
-    batches = [full[i:i + batch_size] for i in range(0, len(full), batch_size)]
-    batches += [[w] for w in windows if len(w) < window]
-    nll, count = 0.0, 0
-    for batch in batches:
-        x = torch.tensor(batch, dtype=torch.long, device=device)  # (B, T)
-        logits = model(x)[:, :-1].float()                          # (B, T-1, V): log-softmax in fp32
-        # sum, not mean: windows of different length then weigh by their token count, as a corpus mean should
-        nll += F.cross_entropy(logits.reshape(-1, logits.shape[-1]), x[:, 1:].reshape(-1), reduction="sum").item()
-        count += x[:, 1:].numel()  # every window contributes len - 1 predictions, the tail included
-    return math.exp(nll / count)
-
-
 # ---------------------------------------------------------------------------------------------------------
-# Synthetic multi-step arithmetic word problems (GSM8K format)
-#
-# Every problem is a start fact plus `steps` operations on one running count, each value (operands and every
-# running total) in 1..max_value, so a tiny model trained on them never meets a number it has not seen. The
-# worked solution restates the start on its own line, then one "Step i: ..., so a op b = c." line per step,
-# then "#### answer": a 1-step problem has exactly one Step line and nothing invites a second one.
+# Worked solutions: the solution-only loss (a different quantity from text perplexity, so its own name)
 
-NAMES = ["Mia", "Leo", "Ava", "Omar", "Zoe", "Ravi", "Lena", "Sam", "Nora", "Ivan", "Emma", "Kofi", "Yuki",
-         "Ben", "Sofia", "Tom", "Aisha", "Max", "Lucy", "Diego"]
-OBJECTS = ["apples", "marbles", "stickers", "books", "coins", "pencils", "cards", "shells", "stamps", "cookies",
-           "toy cars", "balloons", "beads", "crayons", "eggs", "flowers", "rocks", "buttons", "candles", "kites"]
-# (question sentence, solution phrase) per operation; {b} is the operand, {other} a second person
-TEMPLATES = {
-    "+": [("{name} buys {b} more {obj}.", "{name} buys {b} more"),
-          ("{name} finds {b} more {obj}.", "{name} finds {b} more"),
-          ("{other} gives {name} {b} {obj}.", "{name} gets {b} from {other}")],
-    "-": [("{name} gives {b} {obj} to {other}.", "{name} gives away {b}"),
-          ("{name} loses {b} {obj}.", "{name} loses {b}"),
-          ("{name} sells {b} {obj}.", "{name} sells {b}")],
-    "x": [("{name} ends up with {b} times as many {obj} as before.", "{name} ends up with {b} times as many")],
-    "/": [("{name} splits the {obj} into {b} equal piles and keeps one pile.", "{name} keeps 1 of {b} equal piles")],
-}
+def encode_problem(tok, problem: dict) -> tuple[list[int], int]:
+    """(ids, n_prompt): the prompt exactly as `evaluate` builds it zero-shot, then " solution" + eos."""
+    prompt = tok.encode(build_prompt(tok, problem["question"], [], chat=False))
+    # the model continues "Answer:" with " <solution>": a leading space, as byte-level BPE writes words
+    return prompt + tok.encode(" " + problem["answer"]) + [tok.eos_id], len(prompt)
 
 
-def feasible_ops(value: int, max_value: int) -> dict[str, list[int]]:
-    """Operation -> the operands b that keep every number in 1..max_value (b >= 2 reads naturally)."""
-    # factors up to 5 and divisors up to 9: the multiplication table a small model can learn; division
-    # only when it is exact and leaves at least 2, so every answer is a whole count
-    ops = {"+": list(range(2, max_value - value + 1)),
-           "-": list(range(2, value)),
-           "x": list(range(2, min(5, max_value // value) + 1)),
-           "/": [b for b in range(2, 10) if value % b == 0 and value // b >= 2]}
-    return {op: bs for op, bs in ops.items() if bs}
+def solution_batch(rows: list[tuple[list[int], int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Encoded problems (ids, n_prompt) -> (tokens (B, L) right-padded, loss mask (B, L-1) on the solutions)."""
+    length = max(len(ids) for ids, _ in rows)
+    tokens = torch.full((len(rows), length), pad_id, dtype=torch.long)
+    mask = torch.zeros(len(rows), length - 1, dtype=torch.bool)  # mask[b, t]: predict tokens[b, t + 1]?
+    for b, (ids, n_prompt) in enumerate(rows):
+        tokens[b, :len(ids)] = torch.tensor(ids)
+        mask[b, n_prompt - 1:len(ids) - 1] = True  # from the first solution token through the eos
+    return tokens, mask
 
 
-def make_problem(rng: random.Random, steps: int, max_value: int = 99) -> dict:
-    """One seeded word problem {"question", "answer"} with `steps` operations and a worked solution."""
-    if max_value < 10 or steps < 1:
-        raise EvalError(f"synthetic problems need --max-value >= 10 and --steps >= 1 (got {max_value}, {steps})")
-    name, other = rng.sample(NAMES, 2)  # two different people, so "Tom gives Tom" never happens
-    obj = rng.choice(OBJECTS)
-    value = rng.randint(2, max_value)  # >= 2, so no sentence reads "has 1 apples"
-    question = [f"{name} has {value} {obj}."]
-    solution = [f"{name} starts with {value} {obj}."]
-    for step in range(1, steps + 1):
-        # some operation always fits: value <= max_value - 2 allows "+", else value >= max_value - 1 >= 9 allows "-"
-        op, operands = rng.choice(sorted(feasible_ops(value, max_value).items()))
-        b = rng.choice(operands)  # op first, then operand: "x" and "/" are not drowned by the many "+" operands
-        sentence, phrase = rng.choice(TEMPLATES[op])
-        result = {"+": value + b, "-": value - b, "x": value * b, "/": value // b}[op]
-        words = dict(name=name, other=other, obj=obj, b=b)
-        # the question says what happens; the solution names the same event and writes the arithmetic out,
-        # always "a op b = c." with the running total a first, so every step can be checked by a regex
-        question.append(("Then " if step > 1 else "") + sentence.format(**words))
-        solution.append(f"Step {step}: {phrase.format(**words)}, so {value} {op} {b} = {result}.")
-        value = result
-    question.append(f"How many {obj} does {name} have now?")
-    solution.append(f"#### {value}")
-    return {"question": " ".join(question), "answer": "\n".join(solution)}
+def solution_loss(model, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean next-token cross-entropy over the solution tokens only: tokens (B, L), mask (B, L-1) -> scalar."""
+    logits = model(tokens)[:, :-1]                                                    # (B, L-1, V)
+    losses = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), tokens[:, 1:].reshape(-1),
+                             reduction="none").view_as(mask)                          # (B, L-1)
+    return losses[mask].mean()
 
 
-def make_synthetic(n: int, steps: int, seed: int, max_value: int = 99) -> list[dict]:
-    """n problems of `steps` steps from one seeded RNG: the same arguments give the same list."""
-    rng = random.Random(seed)  # Python's Mersenne Twister: the same sequence on every platform and version
-    return [make_problem(rng, steps, max_value) for _ in range(n)]
+@torch.no_grad()
+def solution_perplexity(model, tok, problems: list[dict], batch_size: int = 16) -> float:
+    """exp(mean NLL) of the worked solutions (and eos) given their zero-shot prompts: how well a model predicts
+    the reasoning itself, which whole-text perplexity mixes with predicting the questions."""
+    device = model.embed_tokens.weight.device
+    rows = [encode_problem(tok, p) for p in problems]
+    nll, count = 0.0, 0
+    for i in range(0, len(rows), batch_size):
+        tokens, mask = solution_batch(rows[i:i + batch_size], tok.eos_id)  # (B, L), (B, L-1)
+        n = int(mask.sum())
+        nll += solution_loss(model, tokens.to(device), mask.to(device)).item() * n  # the batch's mean -> its sum
+        count += n
+    return math.exp(nll / count)
 
 
 # ---------------------------------------------------------------------------------------------------------
 
 def write_jsonl(path: str, rows: list[dict]):
-    """One JSON object per line, written atomically (data.atomic_write: no half-written output)."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    atomic_write(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows).encode())
+    """One JSON object per line, written atomically (no half-written output)."""
+    cli.atomic_write(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows).encode())
+
+
+def is_predictions(path: str) -> bool:
+    """A predictions file written by --out (what --out may replace)."""
+    return "generation" in cli.first_json_line(path)
+
+
+def is_problem_set(path: str) -> bool:
+    """A problem set in GSM8K format (what --make-synthetic --out may replace)."""
+    row = cli.first_json_line(path)
+    return "question" in row and "answer" in row and "generation" not in row
 
 
 def run(args):
-    """The CLI's work; user errors surface as EvalError / LoadError / TokenizerError."""
+    """The CLI's work; user errors surface as EvalError / LoadError / TokenizerError / DataError."""
     if args.make_synthetic is not None:
         if not args.out:
             raise EvalError("--make-synthetic needs --out FILE.jsonl - say where to write the problems")
-        write_jsonl(args.out, make_synthetic(args.make_synthetic, args.steps, args.seed, args.max_value))
-        print(f"wrote {args.make_synthetic} {args.steps}-step problems (seed {args.seed}) to {args.out}")
+        cli.check_outputs({}, [cli.Output("--out", args.out, "file", is_problem_set, "problem set")])
+        write_jsonl(args.out, make_synthetic(args.make_synthetic, args.ops, args.seed, args.max_value))
+        print(f"wrote {args.make_synthetic} {args.ops}-step problems (seed {args.seed}) to {args.out}")
         return
     if not args.model or not (args.data or args.ppl):
         raise EvalError("--model and --data (or --ppl) are required - see --help")
     if args.shots and not args.fewshot:
         raise EvalError(f"--shots {args.shots} needs --fewshot TRAIN.jsonl - exemplars come from a train split")
-    if args.ppl and not os.path.isfile(args.ppl):
-        raise EvalError(f"{args.ppl}: no such file - pass a UTF-8 text file to --ppl")
-    text = read_text(args.ppl) if args.ppl else ""  # read now: a non-UTF-8 file fails before the model loads
+    if args.out:
+        ppl_file = args.ppl if args.ppl and os.path.exists(args.ppl) else None
+        cli.check_outputs({"--model": args.model, "--data": args.data, "--fewshot": args.fewshot, "--ppl": ppl_file},
+                          [cli.Output("--out", args.out, "file", is_predictions, "predictions file")])
     items = read_items(args.data) if args.data else []
     fewshot = read_items(args.fewshot) if args.fewshot and args.shots else []
     # a seeded subsample, kept in file order: the same --limit/--seed evaluates the same items for every model
     if args.limit is not None and args.limit < len(items):
         items = [items[i] for i in sorted(random.Random(args.seed).sample(range(len(items)), args.limit))]
     select_exemplars(items, fewshot, args.shots, args.chat)  # fail on bad prompting flags before loading the model
-    model = load_model(args.model, device=args.device)  # fp32: CPUs without bf16 units run bf16 far slower
     tokenizer = load_tokenizer(args.model)
+    if args.ppl and args.seq_len > read_config(args.model)[1].max_seq_len:
+        raise EvalError(f"--seq-len {args.seq_len} exceeds the model's {read_config(args.model)[1].max_seq_len} "
+                        "positions - lower --seq-len")
+    windows = load_windows(args.ppl, tokenizer, args.seq_len, seed=args.seed) if args.ppl else None  # fails early
+    model = load_model(args.model, device=args.device)  # fp32: CPUs without bf16 units run bf16 far slower
     if items:
         res = evaluate(model, tokenizer, items, shots=args.shots, fewshot_items=fewshot, chat=args.chat,
                        max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, progress=True)
@@ -383,50 +357,40 @@ def run(args):
         if args.out:
             write_jsonl(args.out, [{k: v for k, v in p.items() if k != "tokens"} for p in res["predictions"]])
             print(f"predictions written to {args.out}")
-    if args.ppl:
-        ids = tokenizer.encode(text)
-        # logits are (B, window, V) fp32: cap B so they stay near 1 GB (49k vocab: 10 windows of 512)
-        batch = max(1, min(args.batch_size, 2**28 // (args.window * model.args.vocab_size)))
-        ppl = perplexity(model, ids, args.window, batch)
-        scored = sum(len(w) - 1 for w in scored_windows(ids, args.window))
-        print(f"{args.ppl}: perplexity {ppl:.3f} over {scored} predicted tokens "
-              f"(non-overlapping {args.window}-token windows; each window's first token is context only)")
+    if windows is not None:
+        m = measure_model(model, windows, layers=False, batch_size=args.batch_size)
+        print(f"{args.ppl}: perplexity {m['ppl']:.6f} over {m['predicted']} predicted tokens ({len(windows)} "
+              f"windows of {args.seq_len} tokens, packed as for training; each window's first token is context)")
 
 
-def main():
-    parser = argparse.ArgumentParser(description="Chain-of-thought accuracy (GSM8K format), perplexity, "
-                                                 "and a synthetic arithmetic problem generator.")
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="eval_reasoning.py", description="Chain-of-thought accuracy (GSM8K "
+                                     "format), perplexity, and a synthetic arithmetic problem generator.")
     parser.add_argument("--model", help="HF checkpoint directory")
     parser.add_argument("--data", help="JSONL with 'question' and 'answer' ('... #### N' or a number)")
-    parser.add_argument("--limit", type=int, help="evaluate a seeded random subset of N items")
-    parser.add_argument("--seed", type=int, default=0, help="subsampling / synthetic-generator seed")
-    parser.add_argument("--shots", type=int, default=0, help="few-shot exemplars (plain Question/Answer format)")
+    parser.add_argument("--limit", type=cli.int_at_least(1), help="evaluate a seeded random subset of N items")
+    parser.add_argument("--seed", type=cli.int_at_least(0), default=0, help="subsampling / generator seed")
+    parser.add_argument("--shots", type=cli.int_at_least(0), default=0, help="few-shot exemplars (plain "
+                                                                             "Question/Answer format)")
     parser.add_argument("--fewshot", help="JSONL train split the exemplars come from")
     parser.add_argument("--chat", action="store_true", help="zero-shot through the tokenizer's chat format")
-    parser.add_argument("--max-new-tokens", type=int, default=256)
-    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--max-new-tokens", type=cli.int_at_least(1), default=256)
+    parser.add_argument("--batch-size", type=cli.int_at_least(1), default=16)
     parser.add_argument("--out", help="predictions JSONL (or the synthetic problems with --make-synthetic)")
-    parser.add_argument("--ppl", help="text file: report token perplexity")
-    parser.add_argument("--window", type=int, default=512, help="perplexity window in tokens")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--make-synthetic", type=int, metavar="N", help="write N synthetic problems to --out")
-    parser.add_argument("--steps", type=int, default=2, help="operations per synthetic problem")
-    parser.add_argument("--max-value", type=int, default=99, help="largest number in a synthetic problem")
-    args = parser.parse_args()
+    parser.add_argument("--ppl", help="a data.py source (.txt .jsonl .bin .npy, pydoc, problems:N): perplexity")
+    parser.add_argument("--seq-len", type=cli.int_at_least(2), default=512, help="perplexity window in tokens")
+    parser.add_argument("--device", type=cli.device, default=cli.default_device())
+    parser.add_argument("--make-synthetic", type=cli.int_at_least(1), metavar="N", help="write N synthetic "
+                                                                                        "problems to --out")
+    parser.add_argument("--ops", type=cli.int_at_least(1), default=2, help="operations (reasoning steps) per "
+                                                                           "synthetic problem")
+    parser.add_argument("--max-value", type=cli.int_at_least(10), default=99, help="largest number in a "
+                                                                                   "synthetic problem")
+    args = cli.parse_args(parser, argv)
     torch.manual_seed(args.seed)  # greedy decoding draws nothing, but a sampling variant would
-    try:
-        # argparse checks types, not ranges; a zero batch or window would fail deep inside with a traceback
-        for flag in ("limit", "batch_size", "max_new_tokens", "window", "make_synthetic"):
-            value = getattr(args, flag)
-            if value is not None and value < 1 + (flag == "window"):  # a window needs 2 tokens to predict one
-                raise EvalError(f"--{flag.replace('_', '-')} {value} is too small - pass a positive count")
-        if args.shots < 0:
-            raise EvalError(f"--shots {args.shots} is negative - pass 0 or more")
-        print(json.dumps({k: v for k, v in vars(args).items() if v is not None}))  # the resolved config
+    print(json.dumps({k: v for k, v in vars(args).items() if v is not None}))  # the resolved config
+    with cli.user_errors(EvalError, DataError, LoadError, TokenizerError, ContextError):
         run(args)
-    except (EvalError, DataError, LoadError, TokenizerError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
 
 
 if __name__ == "__main__":

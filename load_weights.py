@@ -6,19 +6,22 @@ rename plus a strict `load_state_dict`; every missing, unexpected or mis-shaped 
 `save_model` writes the reverse, with an explicit head_dim (a RED student has head_dim != width / heads), and
 copies tokenizer and generation files from the teacher so `transformers` and tokenizer.py load the result.
 
-Builds on model.py. Run as: python load_weights.py --model DIR   (loads, checks and summarises a checkpoint)
+`fingerprint` names a checkpoint's exact contents, so a resumed run can check it has the same teacher.
+
+Builds on model.py and cli.py. Run as: python load_weights.py --model DIR   (loads, checks, summarises it)
 """
 import argparse
+import hashlib
 import json
 import os
 import shutil
-import sys
 import tempfile
 
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+import cli
 from model import ConfigError, ModelArgs, Transformer, rope_inv_freq
 
 # files that describe the tokenizer and decoding, copied verbatim from the teacher into a saved student
@@ -48,8 +51,8 @@ def read_config(path: str) -> tuple[dict, ModelArgs]:
         raise LoadError(f"{config_path}: not valid JSON ({e}) - restore the file from the original checkpoint")
     except ConfigError as e:
         raise LoadError(f"{config_path}: {e}")
-    except (KeyError, TypeError) as e:
-        raise LoadError(f"{config_path}: missing or malformed field {e} - is this a causal LM config.json?")
+    except (KeyError, TypeError, ValueError) as e:
+        raise LoadError(f"{config_path}: missing or malformed field ({e}) - is this a causal LM config.json?")
 
 
 def weight_files(path: str) -> list[str]:
@@ -85,6 +88,9 @@ def read_safetensors(files: list[str], dtype: torch.dtype | None = None) -> dict
         except Exception as e:  # safetensors raises its own error types for truncated or corrupt headers
             raise LoadError(f"{file}: unreadable safetensors ({type(e).__name__}: {str(e)[:120]}) - "
                             "the file is truncated or corrupt; re-download or re-save it")
+    for name, t in tensors.items():  # a NaN weight would surface much later, as a NaN loss or an SVD failure
+        if t.is_floating_point() and not torch.isfinite(t).all():
+            raise LoadError(f"tensor {name} holds NaN or Inf values - the checkpoint is corrupt; re-download it")
     return tensors
 
 
@@ -113,7 +119,8 @@ def check_state(expected: dict[str, torch.Size], found: dict[str, torch.Tensor],
     if unexpected:
         problems.append(f"unexpected tensors: {names(unexpected)}")
     if shapes:
-        problems.append(f"wrong shapes: {'; '.join(shapes[:4])}" + (f" (+{len(shapes) - 4} more)" if len(shapes) > 4 else ""))
+        more = f" (+{len(shapes) - 4} more)" if len(shapes) > 4 else ""
+        problems.append(f"wrong shapes: {'; '.join(shapes[:4])}{more}")
     if problems:
         raise LoadError(f"{where}: " + "; ".join(problems) + " - the weights do not match config.json")
 
@@ -130,6 +137,18 @@ def load_model(path: str, *, dtype: torch.dtype = torch.float32, device="cpu") -
     return model.to(device).eval()
 
 
+def fingerprint(path: str) -> str:
+    """sha256 of a checkpoint's config.json and every byte of its weight files (a few seconds per GB; read
+    once more right after loading, the files come from the page cache)."""
+    digest = hashlib.sha256()
+    for file in [os.path.join(path, "config.json"), *weight_files(path)]:
+        digest.update(os.path.basename(file).encode())
+        with open(file, "rb") as f:
+            while chunk := f.read(1 << 24):
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Writing
 
@@ -140,17 +159,6 @@ def hf_state_dict(model: Transformer) -> dict[str, torch.Tensor]:
         key = name if name.startswith("lm_head.") else "model." + name
         out[key] = t.detach().contiguous().cpu()
     return out
-
-
-def replace_dir(tmp: str, path: str):
-    """Move a finished directory into place; an existing `path` is only deleted once the new one is there."""
-    old = None
-    if os.path.exists(path):
-        old = tempfile.mkdtemp(dir=os.path.dirname(os.path.abspath(path)), prefix=".old-")
-        os.replace(path, os.path.join(old, "d"))
-    os.replace(tmp, path)
-    if old:
-        shutil.rmtree(old)
 
 
 def save_model(model: Transformer, path: str, *, like: str | None = None, dtype: torch.dtype | None = None):
@@ -167,9 +175,15 @@ def save_model(model: Transformer, path: str, *, like: str | None = None, dtype:
     if dtype is not None:
         state = {k: v.to(dtype) for k, v in state.items()}
     cfg["torch_dtype"] = str(next(iter(state.values())).dtype).removeprefix("torch.")
-    parent = os.path.dirname(os.path.abspath(path))
+    parent, name = os.path.split(os.path.abspath(path))
     os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(dir=parent, prefix=".tmp-save-")
+    for stale in os.listdir(parent):  # what a kill during an earlier save of this same path left behind
+        if stale.startswith(f".{name}.tmp-"):
+            shutil.rmtree(os.path.join(parent, stale), ignore_errors=True)
+    tmp = tempfile.mkdtemp(dir=parent, prefix=f".{name}.tmp-")
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; the checkpoint gets the usual permissions
     try:
         save_file(state, os.path.join(tmp, "model.safetensors"), metadata={"format": "pt"})
         with open(os.path.join(tmp, "config.json"), "w") as f:
@@ -177,7 +191,7 @@ def save_model(model: Transformer, path: str, *, like: str | None = None, dtype:
         for name in SIDE_FILES if like is not None else ():
             if os.path.isfile(os.path.join(like, name)):
                 shutil.copy2(os.path.join(like, name), os.path.join(tmp, name))
-        replace_dir(tmp, path)
+        cli.replace_dir(tmp, path)
     finally:
         if os.path.isdir(tmp):
             shutil.rmtree(tmp)
@@ -185,15 +199,12 @@ def save_model(model: Transformer, path: str, *, like: str | None = None, dtype:
 
 # ---------------------------------------------------------------------------------------------------------
 
-def main():
-    parser = argparse.ArgumentParser(description="Load a checkpoint strictly and summarise it.")
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="load_weights.py", description="Load a checkpoint strictly and summarise it.")
     parser.add_argument("--model", required=True, help="HF checkpoint directory")
-    args = parser.parse_args()
-    try:
+    args = cli.parse_args(parser, argv)
+    with cli.user_errors(LoadError):
         model = load_model(args.model)
-    except LoadError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
     n_params = sum(p.numel() for p in model.parameters())
     print(f"{args.model}: {model.args.family}, {n_params / 1e6:.1f}M parameters")
     for key, value in vars(model.args).items():

@@ -8,19 +8,28 @@ width W (heads, head_dim and FFN width unchanged), so distill.py runs it with th
 Family differences are fields of `ModelArgs` and every line that depends on one is tagged `# [qwen]`, so
 `grep -n '\\[qwen\\]' model.py` lists the whole Llama -> Qwen delta.
 
-`taps`: pass a dict (or any object with __setitem__) and the forward writes the activations distillation,
-calibration and eRank need, keyed "{layer}.{name}": norm_in, q, k, v (pre-RoPE projections), attn_heads
-(all heads' attention output, o_proj's input), attn_out, norm_post, gate, up (pre-activation), mlp_out, resid (block output); and "final_norm". A custom mapping can
-reduce each tensor as it arrives, so long calibration runs never hold them all.
+Taps: `forward(tokens, tap=fn)` calls `fn(layer, name, x)` with each activation as it is computed; this is how
+distillation (the clone loss), calibration (channel importance) and eRank see inside the model, so there is
+one forward pass, not three. The names, in the order they are produced:
+    layer 0:   embed        (B, T, D)   the token embeddings, the residual stream entering block 0
+    each layer i:
+               norm_in      (B, T, D)   input_layernorm output
+               q, k, v      (B, T, H*Dh), (B, T, K*Dh) x2: projections before RoPE (and before Qwen3's q/k norm)
+               attn_heads   (B, T, H*Dh) all heads' attention output, o_proj's input
+               attn_out     (B, T, D)   o_proj output
+               norm_post    (B, T, D)   post_attention_layernorm output
+               gate, up     (B, T, F)   MLP projections, pre-activation
+               mlp_out      (B, T, D)   down_proj output
+               resid        (B, T, D)   the block output (residual stream after layer i)
+The tap may keep, reduce or ignore what it is given; it must not modify it.
 
 Shape legend: B batch, T tokens (this call), S key positions (cache + T), D model width (W for a student),
 H query heads, K kv heads, Dh head dim, F ffn width, V vocab.
 
-Run as: python model.py --model DIR "prompt"   (greedy continuation; builds on load_weights.py, tokenizer.py)
+Builds on nothing else in red (floor 1): torch only. Run as: imported (scripts/generate.py is a demo CLI).
 """
-import argparse
 import math
-import sys
+from typing import Callable
 from dataclasses import dataclass
 
 import torch
@@ -32,6 +41,10 @@ FAMILIES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM", "qwen3": "
 
 class ConfigError(ValueError):
     """A config.json this code cannot run faithfully (one line, says what to do)."""
+
+
+class ContextError(ValueError):
+    """More positions than the model was built for (max_position_embeddings)."""
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -58,6 +71,8 @@ class ModelArgs:
     @staticmethod
     def from_hf_config(cfg: dict) -> "ModelArgs":
         """Map an HF config.json dict to ModelArgs; anything we would run unfaithfully is a ConfigError."""
+        if not isinstance(cfg, dict):
+            raise ConfigError(f"holds a JSON {type(cfg).__name__}, not an object - is this a model's config.json?")
         family = cfg.get("model_type")
         if family not in FAMILIES:
             raise ConfigError(f"unsupported model_type {family!r} - red runs {', '.join(FAMILIES)}")
@@ -80,7 +95,7 @@ class ModelArgs:
         else:
             raise ConfigError(f"unsupported rope_scaling type {rope_type!r} - only 'llama3' (or none) is implemented")
         n_heads = cfg["num_attention_heads"]
-        return ModelArgs(
+        args = ModelArgs(
             family=family, vocab_size=cfg["vocab_size"], dim=cfg["hidden_size"],
             n_layers=cfg["num_hidden_layers"], n_heads=n_heads,
             n_kv_heads=cfg.get("num_key_value_heads") or n_heads,
@@ -91,6 +106,30 @@ class ModelArgs:
             qkv_bias=family == "qwen2",  # [qwen] Qwen2 hard-codes bias=True on q/k/v
             qk_norm=family == "qwen3",   # [qwen]
         )
+        args.check()
+        return args
+
+    def check(self):
+        """ConfigError unless every size is a positive integer and eps, theta and the scaling are in range."""
+        sizes = {"vocab_size": "vocab_size", "dim": "hidden_size", "n_layers": "num_hidden_layers",
+                 "n_heads": "num_attention_heads", "n_kv_heads": "num_key_value_heads", "head_dim": "head_dim",
+                 "ffn_dim": "intermediate_size", "max_seq_len": "max_position_embeddings"}  # ours -> config.json
+        for field_name, key in sizes.items():
+            value = getattr(self, field_name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ConfigError(f"{key} is {value!r} - every size must be a positive integer")
+        if self.n_heads % self.n_kv_heads:
+            raise ConfigError(f"{self.n_heads} attention heads do not split into {self.n_kv_heads} kv-head groups")
+        numbers = {"rms_norm_eps": self.norm_eps, "rope_theta": self.rope_theta, **(self.rope_scaling or {})}
+        for name, value in numbers.items():
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+                raise ConfigError(f"{name} is {value!r} - it must be a finite number")
+        if self.norm_eps < 0 or self.rope_theta <= 0:
+            raise ConfigError(f"rms_norm_eps {self.norm_eps} / rope_theta {self.rope_theta} out of range - "
+                              "eps must be >= 0 and theta > 0")
+        if self.rope_scaling and (self.rope_scaling["factor"] <= 0 or
+                                  self.rope_scaling["high_freq_factor"] <= self.rope_scaling["low_freq_factor"]):
+            raise ConfigError("llama3 rope_scaling needs factor > 0 and high_freq_factor > low_freq_factor")
 
     def to_hf_config(self) -> dict:
         """The config.json keys transformers needs to rebuild this architecture (head_dim always explicit)."""
@@ -190,9 +229,11 @@ class KVCache:
 # ---------------------------------------------------------------------------------------------------------
 # Attention, MLP, Block, Transformer
 
-def _tap(taps, key: str, x: torch.Tensor):
-    if taps is not None:
-        taps[key] = x
+Tap = Callable[[int, str, torch.Tensor], None]  # tap(layer, name, activation), see the module docstring
+
+
+def no_tap(layer: int, name: str, x: torch.Tensor):
+    """The tap of a plain forward: ignores everything."""
 
 
 class Attention(nn.Module):
@@ -207,12 +248,12 @@ class Attention(nn.Module):
             self.q_norm = RMSNorm(args.head_dim, args.norm_eps)
             self.k_norm = RMSNorm(args.head_dim, args.norm_eps)
 
-    def forward(self, x, cos, sin, mask, cache, taps):
+    def forward(self, x, cos, sin, mask, cache, tap: Tap):
         B, T, _ = x.shape
         q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)  # (B, T, H*Dh), (B, T, K*Dh) x2
-        _tap(taps, f"{self.layer}.q", q)
-        _tap(taps, f"{self.layer}.k", k)
-        _tap(taps, f"{self.layer}.v", v)
+        tap(self.layer, "q", q)
+        tap(self.layer, "k", k)
+        tap(self.layer, "v", v)
         q = q.view(B, T, self.n_heads, self.head_dim)     # (B, T, H, Dh)
         k = k.view(B, T, self.n_kv_heads, self.head_dim)  # (B, T, K, Dh)
         v = v.view(B, T, self.n_kv_heads, self.head_dim)  # (B, T, K, Dh)
@@ -227,7 +268,7 @@ class Attention(nn.Module):
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None and T > 1,
                                            enable_gqa=self.n_kv_heads != self.n_heads)  # (B, H, T, Dh)
         y = y.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim)  # (B, T, H*Dh)
-        _tap(taps, f"{self.layer}.attn_heads", y)  # o_proj's input: LRC compares y @ Wo_t^T in teacher space
+        tap(self.layer, "attn_heads", y)  # o_proj's input: LRC compares y @ Wo_t^T in teacher space
         return self.o_proj(y)
 
 
@@ -239,10 +280,10 @@ class MLP(nn.Module):
         self.up_proj = nn.Linear(args.dim, args.ffn_dim, bias=False)
         self.down_proj = nn.Linear(args.ffn_dim, args.dim, bias=False)
 
-    def forward(self, x, taps):
+    def forward(self, x, tap: Tap):
         gate, up = self.gate_proj(x), self.up_proj(x)  # (B, T, F) each, pre-activation
-        _tap(taps, f"{self.layer}.gate", gate)
-        _tap(taps, f"{self.layer}.up", up)
+        tap(self.layer, "gate", gate)
+        tap(self.layer, "up", up)
         return self.down_proj(F.silu(gate) * up)        # SwiGLU, (B, T, D)
 
 
@@ -255,19 +296,19 @@ class Block(nn.Module):
         self.post_attention_layernorm = RMSNorm(args.dim, args.norm_eps)
         self.mlp = MLP(args, layer)
 
-    def forward(self, x, cos, sin, mask, cache, taps):
+    def forward(self, x, cos, sin, mask, cache, tap: Tap):
         i = self.layer
         a = self.input_layernorm(x)
-        _tap(taps, f"{i}.norm_in", a)
-        attn_out = self.self_attn(a, cos, sin, mask, cache, taps)
-        _tap(taps, f"{i}.attn_out", attn_out)
+        tap(i, "norm_in", a)
+        attn_out = self.self_attn(a, cos, sin, mask, cache, tap)
+        tap(i, "attn_out", attn_out)
         h = x + attn_out
         b = self.post_attention_layernorm(h)
-        _tap(taps, f"{i}.norm_post", b)
-        mlp_out = self.mlp(b, taps)
-        _tap(taps, f"{i}.mlp_out", mlp_out)
+        tap(i, "norm_post", b)
+        mlp_out = self.mlp(b, tap)
+        tap(i, "mlp_out", mlp_out)
         out = h + mlp_out
-        _tap(taps, f"{i}.resid", out)
+        tap(i, "resid", out)
         return out
 
 
@@ -299,25 +340,29 @@ class Transformer(nn.Module):
         self.lm_head = None if args.tie_embeddings else nn.Linear(args.dim, args.vocab_size, bias=False)
         self.register_buffer("inv_freq", rope_inv_freq(args), persistent=False)
 
-    def forward(self, tokens: torch.Tensor, *, cache: KVCache | None = None, taps=None,
+    def forward(self, tokens: torch.Tensor, *, cache: KVCache | None = None, tap: Tap | None = None,
                 pad: torch.Tensor | None = None, last_only: bool = False) -> torch.Tensor:
         """tokens (B, T) -> logits (B, T, V) (or (B, 1, V) with last_only). `pad` (B,): left-padding counts."""
         B, T = tokens.shape
         start = cache.pos if cache is not None else 0
+        if start + T > self.args.max_seq_len:
+            raise ContextError(f"{start + T} positions requested, the model has {self.args.max_seq_len} "
+                               "(max_position_embeddings) - use shorter sequences")
         positions = torch.arange(start, start + T, device=tokens.device).expand(B, T)  # (B, T)
         if pad is not None:
             positions = (positions - pad[:, None]).clamp(min=0)  # real tokens count from 0 after the padding
         cos, sin = rope_tables(self.inv_freq, positions)        # (B, T, Dh) each
         mask = attention_mask(pad, start, T, tokens.device)
+        tap = tap or no_tap
         x = self.embed_tokens(tokens)  # (B, T, D)
+        tap(0, "embed", x)
         for block in self.layers:
-            x = block(x, cos, sin, mask, cache, taps)
+            x = block(x, cos, sin, mask, cache, tap)
         if cache is not None:
             cache.pos += T
         if last_only:
             x = x[:, -1:]
         x = self.norm(x)
-        _tap(taps, "final_norm", x)
         head = self.embed_tokens.weight if self.lm_head is None else self.lm_head.weight  # (V, D)
         return F.linear(x, head)  # (B, T, V)
 
@@ -342,6 +387,9 @@ def generate(model: Transformer, prompts: list[list[int]], *, max_new_tokens: in
     if (lengths == 0).any():
         raise ValueError("generate: empty prompt - every prompt needs at least one token (e.g. the bos token)")
     longest = int(lengths.max())
+    if longest + max_new_tokens > model.args.max_seq_len:
+        raise ContextError(f"a prompt of {longest} tokens plus {max_new_tokens} new ones exceeds the model's "
+                           f"{model.args.max_seq_len} positions - shorten the prompt or lower max_new_tokens")
     tokens = torch.full((len(prompts), longest), pad_id, dtype=torch.long)
     for row, p in enumerate(prompts):
         tokens[row, longest - len(p):] = torch.tensor(p, dtype=torch.long)
@@ -380,31 +428,3 @@ def generate(model: Transformer, prompts: list[list[int]], *, max_new_tokens: in
             active = [active[r] for r in keep]
         logits = model(next_tok[:, None], cache=cache, pad=None if no_pad else pad)[:, -1]  # (B, V)
     return outputs
-
-
-# ---------------------------------------------------------------------------------------------------------
-
-def main():
-    from load_weights import LoadError, load_model
-    from tokenizer import TokenizerError, load_tokenizer
-    parser = argparse.ArgumentParser(description="Greedy continuation of a prompt with a checkpoint.")
-    parser.add_argument("--model", required=True, help="HF checkpoint directory")
-    parser.add_argument("prompt")
-    parser.add_argument("--max-new-tokens", type=int, default=64)
-    parser.add_argument("--chat", action="store_true", help="wrap the prompt in the tokenizer's chat format")
-    args = parser.parse_args()
-    torch.manual_seed(0)
-    try:
-        model, tok = load_model(args.model), load_tokenizer(args.model)
-    except (LoadError, TokenizerError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
-    text = tok.chat([{"role": "user", "content": args.prompt}]) if args.chat else args.prompt
-    ids = tok.encode(text, bos=not args.chat and tok.bos_id is not None)
-    out = generate(model, [ids], max_new_tokens=args.max_new_tokens, eos_ids=tok.eos_ids,
-                   vocab_size=tok.vocab_size)[0]
-    print(text + tok.decode(out))
-
-
-if __name__ == "__main__":
-    main()

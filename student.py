@@ -19,14 +19,19 @@ Trainable state (`state_dict()`, what distill.py optimises and saves) is named l
 becomes: `embed`, `lm_head` (untied teachers only), `norm`, `layers.{i}.{q,k,v,o,gate,up,down}` (projections,
 (D_t, W)) and `layers.{i}.{input_layernorm,post_attention_layernorm}` (gains, (W,)).
 
-Builds on model.py and load_weights.py; init_select.py fills the projections (RED: channel selection).
+Builds on model.py, load_weights.py and cli.py; init_select.py fills the projections (RED: selection).
 Run as: python student.py --teacher DIR --state FILE.safetensors --out DIR   (merge into an HF checkpoint)
 """
+import cli  # first, and standard library only: Ctrl-C during the imports below is one line
+
+if __name__ == "__main__":
+    cli.interrupt_while_starting()
+
 import argparse
 import dataclasses
-import sys
 
 import torch
+import torch.distributed as dist
 import torch.nn as nn
 from safetensors.torch import load_file
 
@@ -168,13 +173,13 @@ class Student(nn.Module):
         # one teacher tensor at a time: with a sharded teacher (distill.py --fsdp) only one is ever whole
         return {name: self.student_weight(name, unsharded(W_t)) for name, W_t in self.teacher.named_parameters()}
 
-    def forward(self, tokens: torch.Tensor, *, taps=None, weights: dict[str, torch.Tensor] | None = None,
+    def forward(self, tokens: torch.Tensor, *, tap=None, weights: dict[str, torch.Tensor] | None = None,
                 **kwargs) -> torch.Tensor:
         """tokens (B, T) -> logits (B, T, V): model.Transformer run on `weights` (default: materialize());
         other keyword arguments (cache, pad, last_only) go to Transformer.forward."""
         weights = self.materialize() if weights is None else weights
         tensors = {**weights, "inv_freq": self.inv_freq}
-        return torch.func.functional_call(self.shell, tensors, (tokens,), {"taps": taps, **kwargs}, strict=True)
+        return torch.func.functional_call(self.shell, tensors, (tokens,), {"tap": tap, **kwargs}, strict=True)
 
     @torch.no_grad()
     def merge(self) -> Transformer:
@@ -188,7 +193,7 @@ class Student(nn.Module):
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Materialise once, run many micro-batches (SPEC §3, performance design)
+# Materialise once, run many micro-batches (METHOD §2.2)
 
 def is_frozen(name: str) -> bool:
     """Student tensors copied from the teacher unchanged (no projection, no trainable gain)."""
@@ -220,27 +225,50 @@ def backward_through(student: Student, leaves: dict[str, torch.Tensor]):
 
 
 # ---------------------------------------------------------------------------------------------------------
+# Several processes: the teacher sharded (FSDP2), the student's gradients averaged (DDP)
 
-def main():
-    parser = argparse.ArgumentParser(description="Merge a student state (projections + norms) into a plain "
-                                                 "Hugging Face checkpoint.")
+def shard_teacher(teacher, device: str):
+    """FSDP2: every block's weights (and, at the root, embedding, final norm and LM head) split over the ranks,
+    all-gathered just before the block runs and freed after it."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+    mesh = init_device_mesh(device.split(":")[0], (dist.get_world_size(),))
+    for block in teacher.layers:
+        fully_shard(block, mesh=mesh)  # moves the block's shard to this rank's device
+    fully_shard(teacher, mesh=mesh)
+
+
+def all_reduce_grads(params: list, world_size: int):
+    """Average gradients over ranks in one flat buffer (once per optimizer step)."""
+    grads = [p.grad for p in params]
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat)
+    flat /= world_size
+    for g, chunk in zip(grads, flat.split([g.numel() for g in grads])):
+        g.copy_(chunk.view_as(g))
+
+
+# ---------------------------------------------------------------------------------------------------------
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="student.py", description="Merge a student state (projections + norms) "
+                                                                    "into a plain Hugging Face checkpoint.")
     parser.add_argument("--teacher", required=True, help="teacher HF checkpoint directory")
-    parser.add_argument("--state", required=True, help="student state_dict as .safetensors (init_select.py, "
-                                                       "distill.py)")
+    parser.add_argument("--state", required=True, help="student state as .safetensors (an init file of init_select.py, "
+                                                       "or student.safetensors of a distill.py checkpoint)")
     parser.add_argument("--out", required=True, help="output checkpoint directory")
-    args = parser.parse_args()
-    try:
+    args = cli.parse_args(parser, argv)
+    with cli.user_errors(LoadError, StudentError):
+        cli.check_outputs({"--teacher": args.teacher, "--state": args.state},
+                          [cli.Output("--out", args.out, "dir", cli.is_checkpoint_dir, "checkpoint directory")])
         teacher = load_model(args.teacher)
         try:
             state = load_file(args.state)
         except Exception as e:  # safetensors raises its own types for missing, truncated or corrupt files
             raise StudentError(f"{args.state}: unreadable ({type(e).__name__}) - pass a .safetensors student "
-                               "state written by init_select.py or distill.py")
+                               "state written by init_select.py or distill.py") from None
         student = Student.from_state_dict(teacher, state)
-    except (LoadError, StudentError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
-    save_model(student.merge(), args.out, like=args.teacher)
+        save_model(student.merge(), args.out, like=args.teacher)
     n_train = sum(p.numel() for p in student.parameters())
     print(f"{args.out}: width {student.args.dim} student of {args.teacher} ({n_train / 1e6:.1f}M trained "
           "parameters merged)")

@@ -12,9 +12,8 @@ tiktoken-format `tokenizer.model` (Llama 3's `original/tokenizer.model`). Three 
 Added tokens (<|im_start|>, <|eot_id|>, ...) written inside the text become their ids, as in HF.
 Builds on nothing else in red (floor 1); data.py, eval_reasoning.py and distill.py use it.
 
-Run as: python tokenizer.py --model DIR "text to encode"
+Run as: imported (scripts/encode.py is a demo CLI: python scripts/encode.py --model DIR "text").
 """
-import argparse
 import base64
 import datetime
 import json
@@ -80,6 +79,9 @@ def bytes_to_unicode() -> dict[int, str]:
 
 def ranks_from_bpe(path: Path, model: dict, added_ids: set[int]) -> dict[bytes, int]:
     """HF BPE model (vocab + merges) -> tiktoken mergeable_ranks {token bytes: id}, checked to merge alike."""
+    if not isinstance(model.get("vocab"), dict) or not isinstance(model.get("merges", []), list):
+        raise TokenizerError(f"{path}: its BPE model has no vocab (a token -> id mapping) or no merges list - the "
+                             "file is damaged; restore it from the original checkpoint")
     byte_of = {ch: b for b, ch in bytes_to_unicode().items()}
     ranks = {}
     for token, i in model["vocab"].items():
@@ -400,32 +402,3 @@ def load_tokenizer(path: str | Path) -> Tokenizer:
     bos, eos = read_bos_eos(directory, config, ranks, specials, bos, eos)
     return Tokenizer(ranks, specials, pat_str, bos_id=bos, eos_ids=eos, nfc=nfc, chat_format=chat_format,
                      add_bos=bos is not None and specials.get(prefix) == bos, source=str(file))
-
-
-# ------------------------------------------------------------------------------------------------------
-# command line
-
-def main():
-    """Encode a text (or a one-message chat) and print the ids and each token's bytes."""
-    parser = argparse.ArgumentParser(description="Encode text with a checkpoint's tokenizer and show the pieces.")
-    parser.add_argument("--model", required=True, help="checkpoint directory, tokenizer.json or tokenizer.model")
-    parser.add_argument("text", nargs="?", help="text to encode (default: read stdin)")
-    parser.add_argument("--chat", action="store_true", help="wrap the text as a user message in the chat format")
-    args = parser.parse_args()
-    try:
-        tok = load_tokenizer(args.model)
-        text = sys.stdin.read() if args.text is None else args.text
-        if args.chat:
-            text = tok.chat([{"role": "user", "content": text}])
-    except TokenizerError as e:  # a user error: one line, no traceback; anything else is a bug and keeps it
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
-    ids = tok.encode(text)
-    print(f"{tok.source}: vocab_size {tok.vocab_size}, bos {tok.bos_id}, eos {tok.eos_ids}")
-    print(f"{len(ids)} tokens: {ids}")
-    # one token may hold part of a UTF-8 character, so show each token's bytes with escapes
-    print(" | ".join(tok.encoding.decode_single_token_bytes(i).decode("utf-8", "backslashreplace") for i in ids))
-
-
-if __name__ == "__main__":
-    main()

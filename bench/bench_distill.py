@@ -1,11 +1,14 @@
 """Where one distillation step spends its time, and how close it runs to the machine's matmul rate.
 
-One optimizer step of distill.py is timed in its parts: materialising the student weights (W_s = W_t P),
-the teacher forward, the student forward + backward, and the backward through the materialisation. Tokens
-per step are fixed (--batch x --seq-len x --accum); grad-accum 1 and --accum are run side by side. The FLOP
-rate is compared with a plain torch.mm of the same dtype measured in the same process.
+One optimizer step is distill.train_step itself (the real step: materialise the student's weights once,
+teacher and student forward per micro-batch, the KD loss, backward, one backward through the materialisation)
+plus AdamW. Its parts are timed by calling the same library functions on their own: the materialisation
+(student.materialize) and the teacher forward with its clone-target tap; the rest of the step is the student's
+forward and backward and the backward through the materialisation. Tokens per step are fixed (--batch x
+--seq-len); one micro-batch and --accum micro-batches are run side by side. The FLOP rate is compared with a
+plain torch.mm of the same dtype measured in the same process.
 
-Builds on distill.py (the loss pieces), student.py and init_select.py.
+Builds on distill.py (train_step, Config), kd_loss.py, student.py and init_select.py.
 Run as: python bench/bench_distill.py [--teacher DIR] [--width 288] [--batch 8] [--seq-len 512] [--accum 8]
 """
 import argparse
@@ -18,9 +21,11 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import distill  # noqa: E402
 from init_select import init_projections  # noqa: E402
+from kd_loss import TeacherTargets  # noqa: E402
 from load_weights import load_model  # noqa: E402
+from run_config import Config  # noqa: E402
 from scripts.example_teacher import build_example_teacher  # noqa: E402
-from student import Student, backward_through, leaf_copies  # noqa: E402
+from student import Student  # noqa: E402
 
 
 def matmul_rate(dtype, device, n=2048, repeats=5) -> float:
@@ -52,33 +57,32 @@ def step_flops(teacher, student, tokens: int) -> dict:
     return {"teacher": 2 * n_teacher * tokens, "student": 6 * n_student * tokens, "materialise": 4 * 2 * n_proj}
 
 
-def timed_step(student, teacher, micro, autocast, device) -> dict:
-    """distill.train_step's work, with a clock around each part."""
-    times = dict.fromkeys(["materialise", "teacher", "student", "backward_through"], 0.0)
-    clock = lambda: (sync(device), time.perf_counter())[1]
-    t = clock()
-    with torch.no_grad():
-        leaves = leaf_copies(student.materialize())
-    times["materialise"] += clock() - t
-    for tokens in micro:
-        t = clock()
+def clock(fn, device) -> float:
+    """Seconds fn() takes, the device synchronised on both sides."""
+    sync(device)
+    t = time.perf_counter()
+    fn()
+    sync(device)
+    return time.perf_counter() - t
+
+
+def timed_step(student, teacher, optimizer, micro, cfg, autocast, device, vocab_size) -> dict:
+    """One real optimizer step (distill.train_step + AdamW), and the library calls it is made of, timed alone."""
+    def real_step():
+        distill.train_step(student, teacher, micro, cfg, autocast, vocab_size)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    def teacher_forwards():
         with torch.no_grad(), autocast:
-            t_taps = distill.TeacherTaps()
-            t_logits = teacher(tokens, taps=t_taps)
-        times["teacher"] += clock() - t
-        t = clock()
-        with autocast:
-            s_taps = distill.CloneTaps(t_taps, teacher, student)
-            s_logits = student(tokens, taps=s_taps, weights=leaves)
-        loss = (distill.ce_loss(s_logits, tokens) + distill.kl_loss(s_logits, t_logits, 1.0, "seq_sum")
-                + 0.2 * sum(s_taps.loss.values()))
-        (loss / len(micro)).backward()
-        times["student"] += clock() - t
-    t = clock()
-    backward_through(student, leaves)
-    times["backward_through"] += clock() - t
-    student.zero_grad(set_to_none=True)
-    return times
+            for tokens in micro:
+                teacher(tokens, tap=TeacherTargets(cfg.clone_terms).tap)
+    with torch.no_grad():
+        materialise = clock(student.materialize, device)
+    total = clock(real_step, device)
+    teacher_s = clock(teacher_forwards, device)
+    return {"total": total, "materialise": materialise, "teacher": teacher_s,
+            "student": total - materialise - teacher_s}
 
 
 def main():
@@ -99,23 +103,26 @@ def main():
     teacher.requires_grad_(False)
     proj, norms, _ = init_projections("gaussian", teacher, args.width)  # the init does not change the cost
     student = Student(teacher, args.width, proj, norms)
+    optimizer = torch.optim.AdamW(student.parameters(), lr=1e-4)
+    cfg = Config()  # the red preset's loss: T = 1, alpha 0.2, every clone term, seq_sum
     peak = matmul_rate(dtype, args.device)
     tokens = torch.randint(0, teacher.args.vocab_size, (args.batch, args.seq_len), device=args.device)
     print(f"{args.device}, {dtype}, {torch.get_num_threads()} threads; width {args.width}; "
           f"{args.batch} x {args.seq_len} tokens per step; torch.mm rate {peak / 1e9:.1f} GFLOP/s")
-    print(f"{'accum':>5s} {'step s':>8s} {'tok/s':>8s} {'materialise':>12s} {'teacher':>8s} {'student':>8s} "
-          f"{'bwd-thru':>9s} {'GFLOP/s':>8s} {'of mm':>6s}")
+    print(f"{'accum':>5s} {'step s':>8s} {'tok/s':>8s} {'materialise':>12s} {'teacher':>8s} {'student+bwd':>12s} "
+          f"{'GFLOP/s':>8s} {'of mm':>6s}")
     for accum in (1, args.accum):
         micro = list(tokens.chunk(accum))
-        timed_step(student, teacher, micro, autocast, args.device)  # warm-up
-        runs = [timed_step(student, teacher, micro, autocast, args.device) for _ in range(args.steps)]
+        step = lambda: timed_step(student, teacher, optimizer, micro, cfg, autocast, args.device,
+                                  teacher.args.vocab_size)
+        step()  # warm-up
+        runs = [step() for _ in range(args.steps)]
         parts = {k: sum(r[k] for r in runs) / len(runs) for k in runs[0]}
-        total = sum(parts.values())
+        total = parts["total"]
         flops = sum(step_flops(teacher, student, tokens.numel()).values())
         share = lambda k: f"{parts[k] / total:7.1%}"
         print(f"{accum:5d} {total:8.2f} {tokens.numel() / total:8.0f} {share('materialise'):>12s} "
-              f"{share('teacher'):>8s} {share('student'):>8s} {share('backward_through'):>9s} "
-              f"{flops / total / 1e9:8.1f} {flops / total / peak:6.1%}")
+              f"{share('teacher'):>8s} {share('student'):>12s} {flops / total / 1e9:8.1f} {flops / total / peak:6.1%}")
 
 
 if __name__ == "__main__":

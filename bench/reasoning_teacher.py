@@ -13,8 +13,8 @@ on it a student has no reasoning to keep or lose. This script makes a teacher th
 The result is a plain HF directory (model.safetensors, config.json, tokenizer files) that transformers,
 distill.py, erank.py and eval_reasoning.py all load.
 
-Builds on model.py, load_weights.py (save_model), tokenizer.py, eval_reasoning.py (problems, evaluation)
-and distill.py (get_lr). Run as:
+Builds on model.py, load_weights.py (save_model), tokenizer.py, problems.py, eval_reasoning.py (the
+solution-only loss, evaluation) and distill.py (get_lr). Run as:
     python bench/reasoning_teacher.py --out out/reasoning-teacher [--minutes 40] [--eval-per-step 500]
 """
 import argparse
@@ -28,14 +28,15 @@ import tempfile
 import time
 
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import cli  # noqa: E402
 import eval_reasoning as er  # noqa: E402
-from data import qa_text  # noqa: E402
 from distill import get_lr  # noqa: E402
+from eval_reasoning import encode_problem, solution_batch, solution_loss  # noqa: E402
 from load_weights import save_model  # noqa: E402
 from model import ModelArgs, Transformer  # noqa: E402
+from problems import make_problem, make_synthetic, qa_text  # noqa: E402
 from tokenizer import load_tokenizer  # noqa: E402
 
 STEP_COUNTS = (1, 2, 3, 4, 5, 6)
@@ -56,7 +57,7 @@ def train_tokenizer(directory: str, vocab_size: int, seed: int):
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[EOS], show_progress=False,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    problems = [p for k in STEP_COUNTS for p in er.make_synthetic(300, k, seed=seed + 7919 * k)]
+    problems = [p for k in STEP_COUNTS for p in make_synthetic(300, k, seed=seed + 7919 * k)]
     tok.train_from_iterator([qa_text(p["question"], p["answer"]) for p in problems], trainer)
     tok.save(os.path.join(directory, "tokenizer.json"))
     with open(os.path.join(directory, "tokenizer_config.json"), "w") as f:
@@ -64,32 +65,14 @@ def train_tokenizer(directory: str, vocab_size: int, seed: int):
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Data: one problem per row, loss on the solution only
-
-def encode_problem(tok, problem: dict) -> tuple[list[int], int]:
-    """(ids, n_prompt): the prompt exactly as eval_reasoning builds it zero-shot, then " solution" + eos."""
-    prompt = tok.encode(er.build_prompt(tok, problem["question"], [], chat=False))
-    # the model continues "Answer:" with " <solution>": a leading space, as byte-level BPE writes words
-    return prompt + tok.encode(" " + problem["answer"]) + [tok.eos_id], len(prompt)
-
-
-def solution_batch(rows: list[tuple[list[int], int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Encoded problems (ids, n_prompt) -> (tokens (B, L) right-padded, loss mask (B, L-1) on the solutions)."""
-    length = max(len(ids) for ids, _ in rows)
-    tokens = torch.full((len(rows), length), pad_id, dtype=torch.long)
-    mask = torch.zeros(len(rows), length - 1, dtype=torch.bool)  # mask[b, t]: predict tokens[b, t + 1]?
-    for b, (ids, n_prompt) in enumerate(rows):
-        tokens[b, :len(ids)] = torch.tensor(ids)
-        mask[b, n_prompt - 1:len(ids) - 1] = True  # from the first solution token through the eos
-    return tokens, mask
-
+# Data: one problem per row, loss on the solution only (eval_reasoning's encode_problem / solution_batch)
 
 def make_batch(tok, rng: random.Random, tokens_per_batch: int, held_out: set) -> tuple[torch.Tensor, torch.Tensor]:
     """(tokens (B, L), loss mask (B, L-1)): problems of one random step count, right-padded with eos."""
     steps = rng.choice(STEP_COUNTS)
     rows = []
     while sum(len(r[0]) for r in rows) < tokens_per_batch:  # rows until the token budget is met
-        problem = er.make_problem(rng, steps)
+        problem = make_problem(rng, steps)
         if problem["question"] not in held_out:  # never train on an evaluation question
             rows.append(encode_problem(tok, problem))
     return solution_batch(rows, tok.eos_id)
@@ -109,14 +92,6 @@ def build_model(vocab_size: int, args) -> Transformer:
             std = 0.02 / math.sqrt(2 * args.layers) if name.endswith(("o_proj.weight", "down_proj.weight")) else 0.02
             torch.nn.init.normal_(p, std=std)
     return model
-
-
-def solution_loss(model, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean next-token cross-entropy over the solution tokens only: tokens (B, L), mask (B, L-1) -> scalar."""
-    logits = model(tokens)[:, :-1]                                                    # (B, L-1, V)
-    losses = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), tokens[:, 1:].reshape(-1),
-                             reduction="none").view_as(mask)                          # (B, L-1)
-    return losses[mask].mean()
 
 
 def accuracy_by_steps(model, tok, held_out: dict, batch_size: int) -> dict:
@@ -145,6 +120,8 @@ def main():
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
+    with cli.user_errors():  # before 40 minutes of training: --out may only replace an earlier checkpoint
+        cli.check_outputs({}, [cli.Output("--out", args.out, "dir", cli.is_checkpoint_dir, "checkpoint directory")])
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     start_time = time.time()
@@ -155,7 +132,7 @@ def main():
     model = build_model(tok.vocab_size, args)
     n_params = sum(p.numel() for p in model.parameters())
     # held-out problems: seeds the training stream never uses, and their questions are excluded from training
-    held_out = {k: er.make_synthetic(args.eval_per_step, k, seed=10_000 + k) for k in STEP_COUNTS}
+    held_out = {k: make_synthetic(args.eval_per_step, k, seed=10_000 + k) for k in STEP_COUNTS}
     held_out_questions = {p["question"] for items in held_out.values() for p in items}
     print(f"tokenizer {tok.vocab_size} ids; model {n_params / 1e6:.2f}M parameters; {args.threads} threads")
 

@@ -1,134 +1,117 @@
 """The paper's experiment in miniature: RED (channel-selection init) vs LRC (Gaussian init) at equal budget.
 
-One teacher, one student width, one data file and one token budget for every run:
+One teacher, one student width, one data file and one token budget for every arm:
     red            --preset red  (select init, KL temperature 1)          RED
     lrc            --preset lrc  (gaussian init, KL temperature 40)       Low-Rank Clone
     red+gaussian   --preset red --init gaussian    \
     red+orthogonal --preset red --init orthogonal   }  the init ablation under the red loss
     red+pca        --preset red --init pca         /   (red itself is the "select" row)
-Each run is distill.py in a subprocess (exactly what a user runs), once with --steps 0 (the step-0 student)
-and once with --steps N. Then the teacher and every student are measured on the same held-out data:
-per-layer residual eRank (erank.measure_model; position 0 left out), perplexity on held-out problems (whole
-text, and the worked solutions given their questions), and
-greedy chain-of-thought accuracy on synthetic problems of 1, 2 and 4 steps (eval_reasoning.evaluate).
+Every distinct init is made once, by init_select.py, as an init file (lrc and red+gaussian share theirs); each
+arm is then a real `distill.py --init FILE` run. The teacher, every step-0 student (once per init file) and
+every trained student are measured the same way on the same held-out data: perplexity and per-layer residual
+eRank through erank.measure_model (the problem texts packed by data.py, as training packs them), perplexity of
+the worked solutions given their questions (eval_reasoning.solution_perplexity), and greedy chain-of-thought
+accuracy on synthetic problems of each step count (eval_reasoning.evaluate).
 Written to --out: results.csv, erank_layers.csv, results.md (the tables) and, with matplotlib installed,
-erank.png (eRank per layer) and loss.png (training loss curves).
+erank.png (eRank per layer), accuracy.png and loss.png (training loss curves).
 
-The claims under test (METHOD.md): random projections collapse the student's eRank and its multi-step
-reasoning; selection keeps both. The defaults are sized for the example teacher on 2 CPU cores: 60 steps of
-4 x 128 tokens per run at distill.py's lr, about 40 minutes in all. The example teacher barely reasons, so
-bench/reasoning_teacher.py makes one that does; the README gives the commands and results for both.
+The claims under test (docs/METHOD.md §3.1, §3.8): random projections collapse the student's eRank and its
+multi-step reasoning; selection keeps both. The defaults are sized for the example teacher on 2 CPU cores;
+bench/reasoning_teacher.py makes a teacher that reasons; the README gives the commands and results for both.
 
-Builds on distill.py, erank.py, eval_reasoning.py, load_weights.py, tokenizer.py. Run as:
+Builds on init_select.py, distill.py (both run as a user runs them), erank.py, eval_reasoning.py, data.py,
+problems.py, load_weights.py and tokenizer.py. Run as:
     python bench/red_vs_lrc.py [--teacher DIR] [--width W] [--steps N] [--out DIR]
 """
 import argparse
 import csv
-import json
-import math
 import os
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
 
 import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+import checkpoint as ckpt  # noqa: E402
+import cli  # noqa: E402
 import eval_reasoning as er  # noqa: E402
-from data import qa_text  # noqa: E402
-from distill import example_teacher  # noqa: E402
-from erank import measure_model, token_sequences  # noqa: E402
-from load_weights import load_model, read_config  # noqa: E402
-from reasoning_teacher import encode_problem, solution_batch, solution_loss  # noqa: E402
+from data import cut_windows, tokenize_documents  # noqa: E402
+from erank import measure_model  # noqa: E402
+from init_select import read_init  # noqa: E402
+from load_weights import fingerprint, load_model, read_config  # noqa: E402
+from problems import make_synthetic, qa_text  # noqa: E402
+from scripts.example_teacher import build_example_teacher  # noqa: E402
 from student import default_width  # noqa: E402
 from tokenizer import load_tokenizer  # noqa: E402
 
-RUNS = {  # name -> extra distill.py flags
-    "red": ["--preset", "red"],
-    "lrc": ["--preset", "lrc"],
-    "red+gaussian": ["--preset", "red", "--init", "gaussian"],
-    "red+orthogonal": ["--preset", "red", "--init", "orthogonal"],
-    "red+pca": ["--preset", "red", "--init", "pca"],
+RUNS = {  # name -> (init kind, extra distill.py flags)
+    "red": ("select", ["--preset", "red"]),
+    "lrc": ("gaussian", ["--preset", "lrc"]),
+    "red+gaussian": ("gaussian", ["--preset", "red"]),
+    "red+orthogonal": ("orthogonal", ["--preset", "red"]),
+    "red+pca": ("pca", ["--preset", "red"]),
 }
 
 
-@dataclass
-class HeldOut:
-    """The held-out measurement data, tokenised once and shared by every model."""
-    sequences: list[list[int]]               # eRank input: the problem texts packed into <= seq_len sequences
-    ids: list[int]                           # the problem texts, eos after each: whole-text perplexity
-    solutions: list[tuple[list[int], int]]   # (prompt + solution + eos ids, prompt length): solution perplexity
-    eval_sets: dict[int, list[dict]]         # step count -> accuracy problems
-
-
-def held_out(tok, args) -> HeldOut:
-    """Problems from seeds the corpus never uses: 40 per step count for eRank and perplexity, and
-    --eval-per-step per step count for accuracy."""
-    problems = [p for k in args.steps_list for p in er.make_synthetic(40, k, seed=50_000 + k)]
-    texts = [qa_text(p["question"], p["answer"]) for p in problems]  # as data.py makes documents of JSONL
-    return HeldOut(sequences=token_sequences(texts, tok, seq_len=args.seq_len, max_tokens=args.erank_tokens),
-                   ids=[i for text in texts for i in tok.encode(text) + [tok.eos_id]],
-                   solutions=[encode_problem(tok, p) for p in problems],
-                   eval_sets={k: er.make_synthetic(args.eval_per_step, k, seed=60_000 + k) for k in args.steps_list})
+def held_out(tok, args) -> tuple[torch.Tensor, list[dict], dict[int, list[dict]]]:
+    """(windows for perplexity and eRank, problems for solution perplexity, step count -> accuracy problems):
+    seeds the training corpus never uses, 40 problems per step count for the first two."""
+    problems = [p for k in args.steps_list for p in make_synthetic(40, k, seed=50_000 + k)]
+    stream = tokenize_documents([qa_text(p["question"], p["answer"]) for p in problems], tok)
+    windows = torch.from_numpy(cut_windows(stream, args.seq_len).astype("int64"))[:args.windows]
+    return windows, problems, {k: make_synthetic(args.eval_per_step, k, seed=60_000 + k) for k in args.steps_list}
 
 
 def write_corpus(path: str, n_per_step: int, steps: list[int], seed: int):
     """A JSONL training file of synthetic worked problems (every step count of --steps-list, mixed)."""
-    rows = [p for k in steps for p in er.make_synthetic(n_per_step, k, seed=seed + 101 * k)]
-    er.write_jsonl(path, rows)
+    er.write_jsonl(path, [p for k in steps for p in make_synthetic(n_per_step, k, seed=seed + 101 * k)])
 
 
-def run_distill(args, name: str, flags: list[str], steps: int, out: str) -> float:
-    """Run distill.py; returns its wall time in seconds. Output goes to <out>.log."""
-    cmd = [sys.executable, os.path.join(ROOT, "distill.py"), "--teacher", args.teacher, "--width", str(args.width),
-           "--data", args.data, "--steps", str(steps), "--seq-len", str(args.seq_len),
-           "--batch-size", str(args.batch_size), "--lr", str(args.lr), "--eval-every", str(max(1, steps // 4)),
-           "--ckpt-every", str(max(1, steps)), "--seed", str(args.seed), "--out", out,
-           "--eval-problems", "0", *flags]  # accuracy is measured below, on every model alike
+def run_tool(args, script: str, flags: list, log: str) -> float:
+    """Run one of red's CLIs as a user runs it; returns its wall time in seconds. Output goes to `log`."""
     start = time.time()
-    with open(out + ".log", "w") as log:
-        result = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+    with open(log, "w") as f:
+        result = subprocess.run([sys.executable, os.path.join(ROOT, script), *map(str, flags)], stdout=f,
+                                stderr=subprocess.STDOUT, cwd=ROOT)
     if result.returncode != 0:
-        sys.exit(f"error: {name} failed (exit {result.returncode}) - see {out}.log")
+        sys.exit(f"error: {script} failed (exit {result.returncode}) - see {log}")
     return time.time() - start
 
 
-@torch.no_grad()
-def solution_perplexity(model, solutions: list[tuple[list[int], int]], pad_id: int, batch_size: int = 16) -> float:
-    """exp(mean NLL) of the worked solutions (and eos) given their questions, prompted as eval_reasoning does.
-
-    The reasoning teacher is trained on solution tokens only, so perplexity over whole problem texts would
-    mostly score questions it was never asked to predict."""
-    nll, count = 0.0, 0
-    for i in range(0, len(solutions), batch_size):
-        tokens, mask = solution_batch(solutions[i:i + batch_size], pad_id)  # (B, L), (B, L-1)
-        n = int(mask.sum())
-        nll += solution_loss(model, tokens, mask).item() * n  # the batch's mean NLL -> its sum
-        count += n
-    return math.exp(nll / count)
+def make_init(args, kind: str) -> str:
+    """init_select.py --init KIND on the training data: the init file every arm with that init starts from."""
+    path = os.path.join(args.out, "inits", f"{kind}.safetensors")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    run_tool(args, "init_select.py", ["--teacher", args.teacher, "--width", args.width, "--calib", args.data,
+                                      "--init", kind, "--seq-len", args.seq_len, "--n-calib", 16, "--n-eval", 1,
+                                      "--seed", args.seed, "--out", path, "--device", "cpu"], path + ".log")
+    return path
 
 
-def measure(path: str, tok, held: HeldOut, args) -> tuple[dict, list[dict]]:
-    """(summary row, per-layer eRank rows) of the checkpoint at `path`."""
-    model = load_model(path)
-    layers = measure_model(model, held.sequences)
-    row = {"val_ppl": er.perplexity(model, held.ids, window=args.seq_len),
-           "solution_ppl": solution_perplexity(model, held.solutions, tok.eos_id),
-           "erank_sq": sum(r["erank_sq"] for r in layers) / len(layers),
-           "erank_rv": sum(r["erank_rv"] for r in layers) / len(layers)}
-    for k, items in held.eval_sets.items():
+def train(args, name: str, init_file: str, flags: list[str]) -> tuple[str, float]:
+    """distill.py from the init file; returns (student directory, wall seconds)."""
+    out = os.path.join(args.out, name)
+    seconds = run_tool(args, "distill.py", [
+        "--teacher", args.teacher, "--width", args.width, "--data", args.data, "--init", init_file,
+        "--steps", args.steps, "--seq-len", args.seq_len, "--batch-size", args.batch_size, "--lr", args.lr,
+        "--eval-every", max(1, args.steps // 4), "--ckpt-every", max(1, args.steps), "--seed", args.seed,
+        "--eval-problems", 0, "--out", out, "--overwrite", *flags], out + ".log")  # accuracy: measured below
+    return out, seconds
+
+
+def measure(model, tok, held, args) -> tuple[dict, list[dict]]:
+    """(summary row, per-layer eRank rows) of one model on the held-out data."""
+    windows, problems, eval_sets = held
+    m = measure_model(model, windows)
+    row = {"val_ppl": m["ppl"], "solution_ppl": er.solution_perplexity(model, tok, problems),
+           "erank_sq": m["erank_sq"], "erank_rv": m["erank_rv"]}
+    for k, items in eval_sets.items():
         res = er.evaluate(model, tok, items, chat=args.chat, max_new_tokens=args.max_new_tokens + 24 * k,
                           batch_size=args.eval_batch)
         row[f"acc_{k}"], row[f"acc_{k}_lo"], row[f"acc_{k}_hi"] = res["accuracy"], res["lo"], res["hi"]
-    return row, layers
-
-
-def loss_curve(out: str) -> list[tuple[int, float]]:
-    """(step, total loss) from a run's metrics.jsonl."""
-    with open(os.path.join(out + ".run", "metrics.jsonl")) as f:
-        return [(r["step"], r["loss"]) for r in map(json.loads, f)]
+    return row, [{k: r[k] for k in ("layer", "erank_sq", "erank_rv")} for r in m["layers"]]
 
 
 def write_tables(args, rows: list[dict], layer_rows: list[dict]):
@@ -140,8 +123,7 @@ def write_tables(args, rows: list[dict], layer_rows: list[dict]):
             writer.writerows(table)
     acc_cols = [f"acc_{k}" for k in args.steps_list]
     head = ["model", "stage", "val ppl", "solution ppl", "eRank sq", "eRank rv",
-            *[f"acc {k}-step" for k in args.steps_list],
-            "train min"]
+            *[f"acc {k}-step" for k in args.steps_list], "train min"]
     teacher = os.path.basename(os.path.normpath(args.teacher))
     lines = [f"{teacher} -> width {args.width}; {args.steps} steps x {args.batch_size} x {args.seq_len} tokens "
              f"per run, lr {args.lr:g}; accuracy on {args.eval_per_step} problems per step count", "",
@@ -214,42 +196,52 @@ def main():
     parser.add_argument("--max-new-tokens", type=int, default=48, help="+ 24 per problem step")
     parser.add_argument("--eval-batch", type=int, default=32)
     parser.add_argument("--chat", action="store_true", help="evaluate through the chat format (instruct teachers)")
-    parser.add_argument("--erank-tokens", type=int, default=8192)
+    parser.add_argument("--windows", type=int, default=64, help="held-out windows for perplexity and eRank")
     parser.add_argument("--out", default="out/red_vs_lrc")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-    args.teacher = args.teacher or example_teacher()
+    torch.manual_seed(args.seed)
+    args.teacher = args.teacher or build_example_teacher()
+    with cli.user_errors():  # the experiment writes only under --out, never over the teacher or the data
+        cli.check_outputs({"--teacher": args.teacher, "--data": args.data}, [cli.Output("--out", args.out, "dir")])
     os.makedirs(args.out, exist_ok=True)
     tok = load_tokenizer(args.teacher)
-    teacher_args = read_config(args.teacher)[1]
-    args.width = args.width or default_width(teacher_args)
+    args.width = args.width or default_width(read_config(args.teacher)[1])
     if args.data is None:
         args.data = os.path.join(args.out, "train.jsonl")
         write_corpus(args.data, args.corpus_per_step, args.steps_list, args.seed)
     held = held_out(tok, args)
-    print(f"teacher {args.teacher} (D {teacher_args.dim}) -> width {args.width}; {args.steps} steps x "
-          f"{args.batch_size} x {args.seq_len} tokens per run; runs: {', '.join(args.runs)}", flush=True)
+    print(f"teacher {args.teacher} -> width {args.width}; {args.steps} steps x {args.batch_size} x {args.seq_len} "
+          f"tokens per run; runs: {', '.join(args.runs)}; {len(held[0])} held-out windows", flush=True)
 
     rows, layer_rows, curves = [], [], {}
     start = time.time()
 
-    def record(model_name, stage, path, train_s=0.0):
-        row, layers = measure(path, tok, held, args)
+    def record(model_name, stage, model, train_s=0.0):
+        row, layers = measure(model, tok, held, args)
         rows.append({"model": model_name, "stage": stage, **row, "train_s": train_s})
         layer_rows.extend({"model": model_name, "stage": stage, **r} for r in layers)
         print(f"{model_name:15s} {stage:7s} ppl {row['val_ppl']:9.2f} sol ppl {row['solution_ppl']:8.3f} "
-              f"eRank sq {row['erank_sq']:6.1f} rv "
-              f"{row['erank_rv']:6.1f} acc " + " ".join(f"{row[f'acc_{k}']:.2f}" for k in args.steps_list) +
-              f"  ({(time.time() - start) / 60:.1f} min)", flush=True)
+              f"eRank sq {row['erank_sq']:6.1f} rv {row['erank_rv']:6.1f} acc "
+              + " ".join(f"{row[f'acc_{k}']:.2f}" for k in args.steps_list)
+              + f"  ({(time.time() - start) / 60:.1f} min)", flush=True)
 
-    record("teacher", "", args.teacher)
+    teacher = load_model(args.teacher)
+    record("teacher", "", teacher)
+    inits, step0 = {}, {}  # init kind -> init file, and its step-0 row (measured once)
     for name in args.runs:
-        step0, final = os.path.join(args.out, f"{name}-step0"), os.path.join(args.out, name)
-        run_distill(args, name, RUNS[name], 0, step0)
-        record(name, "step 0", step0)
-        seconds = run_distill(args, name, RUNS[name], args.steps, final)
-        curves[name] = loss_curve(final)
-        record(name, "end", final, seconds)
+        kind, flags = RUNS[name]
+        if kind not in inits:
+            inits[kind] = make_init(args, kind)
+            student, _ = read_init(inits[kind], teacher, fingerprint(args.teacher))
+            record(name, "step 0", student.merge())
+            step0[kind] = rows[-1], layer_rows[-teacher.args.n_layers:]
+        else:  # the same init file: the same step-0 student, already measured
+            rows.append(dict(step0[kind][0], model=name))
+            layer_rows.extend(dict(r, model=name) for r in step0[kind][1])
+        out, seconds = train(args, name, inits[kind], flags)
+        curves[name] = [(r["step"], r["loss"]) for r in ckpt.read_metrics(out + ".run") if "loss" in r]
+        record(name, "end", load_model(out), seconds)
     write_tables(args, rows, layer_rows)
     plot(args, rows, layer_rows, curves)
     print(f"total {(time.time() - start) / 60:.1f} min; tables in {args.out}/results.md")

@@ -1,4 +1,5 @@
 """Makes scripts/ importable as a package (bench/ and tests import scripts.example_teacher); nothing runs here.
 
-Builds on nothing. Run the scripts themselves, e.g. python scripts/example_teacher.py
+Builds on nothing.
+Run as: the scripts themselves, e.g. python scripts/example_teacher.py or python scripts/generate.py --model DIR "hi"
 """

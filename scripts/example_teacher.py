@@ -48,6 +48,8 @@ def build_example_teacher(out_dir: str = DEFAULT_DIR) -> str:
     """Convert the GGUF once into `out_dir` (atomic: built in a temp dir, then renamed); return `out_dir`."""
     if os.path.isfile(os.path.join(out_dir, "model.safetensors")):
         return out_dir
+    if os.path.exists(out_dir):  # never replace what we did not write
+        raise FileExistsError(f"{out_dir} exists and is not a converted teacher - remove it or pass another OUT_DIR")
     gguf_path = find_gguf()
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -71,9 +73,7 @@ def build_example_teacher(out_dir: str = DEFAULT_DIR) -> str:
         tok["pre_tokenizer"] = SMOLLM_PRE_TOKENIZER
         with open(tok_path, "w") as f:
             json.dump(tok, f, ensure_ascii=False, indent=1)
-        if os.path.isdir(out_dir):  # a half-built directory from an older run
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
+        os.replace(tmp, out_dir)  # atomic: a kill leaves no half-built teacher behind
     finally:
         if os.path.isdir(tmp):
             shutil.rmtree(tmp)
@@ -86,8 +86,8 @@ def main():
     args = parser.parse_args()
     try:
         path = build_example_teacher(args.out_dir)
-    except (FileNotFoundError, ImportError) as e:
-        print(f"error: {e}", file=sys.stderr)
+    except (FileNotFoundError, FileExistsError, ImportError) as e:  # the one print-and-exit outside cli.py:
+        print(f"error: {e}", file=sys.stderr)  # this script imports nothing of red, so tests can use it alone
         sys.exit(2)
     print(path)
 

@@ -9,6 +9,12 @@ import os
 import pytest
 import torch
 
+def recorder() -> tuple[dict, callable]:
+    """(acts, tap): a model.py tap that keeps every activation under "{layer}.{name}" (tests only: it holds all)."""
+    acts = {}
+    return acts, lambda layer, name, x: acts.__setitem__(f"{layer}.{name}", x)
+
+
 TINY = dict(vocab_size=256, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
             num_key_value_heads=2, max_position_embeddings=256, rms_norm_eps=1e-6)
 
@@ -83,7 +89,7 @@ def make_tiny_teacher(path, family: str = "llama", seed: int = 0) -> str:
     (distill.py, eval_reasoning.py, erank.py) can run on it. Its embedding (320 rows) is padded beyond the
     tokenizer's ~300 ids, as Qwen's is."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    make_tiny_model(path, family, seed, vocab_size=320)
+    make_tiny_model(path, family, seed, vocab_size=320, max_position_embeddings=1024)  # room for worked problems
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()

@@ -1,10 +1,11 @@
-"""Tests for data.py: exact packing, deterministic shuffling, exact resumption, rank sharding, the held-out
-split, source weights, token-file round trips, self:N sampling with its cache, and every one-line DataError.
+"""Tests for data.py and sources.py: exact packing (one rule for training and measurement), deterministic
+shuffling, exact resumption, rank sharding, the held-out split, source weights, the built-in sources, token-file
+round trips and their sidecar checks, self:N sampling with its fingerprinted cache, and every one-line DataError.
 
 Most tests use a byte-level stand-in tokenizer (a collaborator of data.py, not the thing under test); the slow
 ones use tokenizer.py and the real example teacher.
 
-Builds on data.py and tokenizer.py, with conftest.py's tiny teachers.
+Builds on data.py, sources.py and tokenizer.py, with conftest.py's tiny teachers.
 Run as: OMP_NUM_THREADS=1 pytest tests/test_data.py      (add -m "not slow" to skip the real-teacher tests)
 """
 import json
@@ -15,8 +16,9 @@ import numpy as np
 import pytest
 import torch
 
-from data import (Batches, DataError, gather, load_sources, parse_spec, read_tokens, split_sizes, val_batches,
-                  write_tokens)
+from data import (Batches, cut_windows, gather, held_out, load_sources, load_windows, split_sizes,
+                  tokenize_documents)
+from sources import DataError, parse_spec, read_tokens, write_tokens
 
 
 class ByteTokenizer:
@@ -67,9 +69,12 @@ def test_parse_spec(tmp_path):
     assert parse_spec("dir:x/a.txt") == ("dir:x/a.txt", 1.0)  # not a number after the ':' -> part of the path
     assert parse_spec("self:8") == ("self:8", 1.0)
     assert parse_spec("self:8:0.5") == ("self:8", 0.5)
+    assert parse_spec("pydoc") == ("pydoc", 1.0) and parse_spec("pydoc:0.5") == ("pydoc", 0.5)
+    assert parse_spec("problems:200:3") == ("problems:200", 3.0)
     literal = write(tmp_path / "odd:3", "x")  # an existing file whose name ends in ':<number>' stays a path
     assert parse_spec(literal) == (literal, 1.0)
-    for bad in ("a.txt:0", "a.txt:-1", "a.txt:nan", "a.txt:inf", "self:0", "self:x", "self:4:big"):
+    for bad in ("a.txt:0", "a.txt:-1", "a.txt:nan", "a.txt:inf", "a.txt:1e15", "self:0", "self:x", "self:4:big",
+                "problems:0"):
         with pytest.raises(DataError):
             parse_spec(bad)
 
@@ -90,6 +95,27 @@ def test_packing_reproduces_documents_exactly(tmp_path):
     n = len(expected) // 8
     assert data.sources[0].n_train == n
     assert gather(data, [(0, i) for i in range(n)]).flatten().tolist() == expected[:n * 8]
+
+
+def test_measurement_windows_are_the_training_windows(tmp_path):
+    """load_windows (what erank.py, init_select.py and eval_reasoning.py read) packs exactly as training does."""
+    text = write(tmp_path / "t.jsonl", "\n".join(json.dumps({"text": f"doc {i} " * (i % 5 + 1)}) for i in range(40)))
+    windows = load_windows(text, TOK, 16)
+    data = load_sources([text], TOK, seq_len=16, val_fraction=0.0)
+    assert torch.equal(windows, gather(data, [(0, i) for i in range(data.sources[0].n_train)]))
+    stream = tokenize_documents([f"doc {i} " * (i % 5 + 1) for i in range(40)], TOK)
+    assert windows.tolist() == cut_windows(stream, 16).tolist() and len(windows) == len(stream) // 16
+    assert torch.equal(load_windows(text, TOK, 16, limit=3), windows[:3])
+
+
+def test_builtin_sources(tmp_path):
+    """pydoc is CPython's documentation topics (offline, in every Python); problems:N the seeded worked problems."""
+    from pydoc_data.topics import topics
+    from problems import worked_problems
+    pydoc = load_sources(["pydoc"], TOK, seq_len=64).sources[0]
+    assert pydoc.documents == len(topics) > 50 and len(pydoc.tokens) > 300_000
+    problems = load_sources(["problems:30"], TOK, seq_len=64, seed=4).sources[0]
+    assert problems.tokens.tolist() == tokenize_documents(worked_problems(30, seed=4), TOK).tolist()
 
 
 def test_no_bos_tokenizer_packs_eos_only(tmp_path):
@@ -163,15 +189,14 @@ def test_ranks_split_each_global_batch(two_sources):
 
 def test_train_and_val_are_disjoint(two_sources):
     data = two_sources
-    val = torch.cat(list(val_batches(data, 4)))
-    assert val.shape == (5 + 3, 4)
+    val, sources = held_out(data)
+    assert val.shape == (5 + 3, 4) and sources == [0] * 5 + [1] * 3
     assert torch.equal(val, gather(data, [(0, i) for i in range(45, 50)] + [(1, i) for i in range(27, 30)]))
     stream = Batches(data, 6, seed=0)
     seen = torch.cat([stream.next() for _ in range(60)])  # five epochs
     assert not rows_as_set(seen) & rows_as_set(val)  # every row of this data is distinct, so rows identify spans
-    sharded = [list(val_batches(data, 4, rank=r, world_size=3)) for r in range(3)]
-    assert len({len(s) for s in sharded}) == 1  # every rank runs the same number of val steps
-    assert torch.equal(torch.cat([torch.cat(step) for step in zip(*sharded)]), val)
+    capped, sources = held_out(data, limit=4)  # every source measured, even under a small cap
+    assert sources == [0, 0, 1, 1] and torch.equal(capped, val[[0, 1, 5, 6]])
 
 
 def test_weights_set_each_sources_share(tmp_path):
@@ -207,8 +232,14 @@ def test_bin_and_npy_round_trip(tmp_path):
     write_tokens(str(tmp_path / "w.bin"), wide, vocab_size=70000)
     assert json.load(open(tmp_path / "w.bin.json"))["dtype"] == "uint32"
     assert load_sources([str(tmp_path / "w.bin")], big, seq_len=4).sources[0].tokens.tolist() == wide.tolist()
-    os.remove(tmp_path / "w.bin.json")
-    assert read_tokens(str(tmp_path / "w.bin"), 70000)[0].tolist() == wide.tolist()
+    os.remove(tmp_path / "w.bin.json")  # without its sidecar a .bin is refused: uint16 and uint32 look alike
+    with pytest.raises(DataError, match="no w.bin.json saying its dtype"):
+        read_tokens(str(tmp_path / "w.bin"), 70000)
+    write_tokens(str(tmp_path / "cut.bin"), wide, vocab_size=70000)
+    with open(tmp_path / "cut.bin", "r+b") as f:  # truncated after its sidecar was written
+        f.truncate(4 * 16)
+    with pytest.raises(DataError, match="holds 16 ids, its sidecar says 32"):
+        read_tokens(str(tmp_path / "cut.bin"), 70000)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -217,6 +248,10 @@ def test_bin_and_npy_round_trip(tmp_path):
 def _error_cases(tmp_path):
     t = tmp_path
     short = write(t / "short.txt", "tiny")
+    odd_with_sidecar = write(t / "odd2.bin", b"\x05\x00\x06")
+    write(t / "odd2.bin.json", '{"dtype": "uint16"}')
+    far_with_sidecar = write(t / "far.bin", np.array([5, 300] * 40, dtype=np.uint16).tobytes())
+    write(t / "far.bin.json", '{"dtype": "uint16"}')
     return [
         ([str(t / "missing.txt")], "missing.txt", "no such file"),
         ([write(t / "empty.jsonl", "")], "empty.jsonl", "empty"),
@@ -225,12 +260,13 @@ def _error_cases(tmp_path):
         ([write(t / "latin.txt", b"line one\ncaf\xe9\n")], "latin.txt", "byte 12 (line 2)"),
         ([write(t / "bad.jsonl", '{"text": "ok"}\n{"text": oops}\n')], "bad.jsonl:2", "malformed JSON"),
         ([write(t / "field.jsonl", '{"text": "ok"}\n\n{"body": "x"}\n')], "field.jsonl:3", "\"text\" field"),
-        ([write(t / "data.csv", "a,b\n")], "data.csv", "unknown extension '.csv'"),
-        ([f"{short}:-2"], "short.txt", "weight must be a positive number"),
-        ([write(t / "odd.bin", b"\x05\x00\x06")], "odd.bin", "not a whole number of uint16"),
-        ([write(t / "far.bin", np.array([5, 300] * 40, dtype=np.uint16).tobytes())], "far.bin", "outside the vocab"),
+        ([write(t / "data.csv", "a,b\n")], "data.csv", "unknown source '.csv'"),
+        ([f"{short}:-2"], "short.txt", "weight must be a number in (0, 100]"),
+        ([write(t / "odd.bin", b"\x05\x00\x06")], "odd.bin", "saying its dtype"),
+        ([odd_with_sidecar], "odd2.bin", "not a whole number of uint16"),
+        ([far_with_sidecar], "far.bin", "outside the vocab"),
         ([write(t / "obj.npy", b"not numpy at all")], "obj.npy", "not a .npy array"),
-        (["self:4"], "self:4", "needs the teacher model and a run directory"),
+        (["self:4"], "self:4", "needs the teacher, its fingerprint and a run directory"),
     ]
 
 
@@ -252,18 +288,25 @@ def test_self_samples_are_full_length_seeded_and_cached(tmp_path, monkeypatch):
                                     head_dim=16, ffn_dim=64, norm_eps=1e-6, rope_theta=10000.0)).eval()
     tok = ByteTokenizer(vocab_size=300)
     run_dir = str(tmp_path / "run")
-    data = load_sources(["self:6"], tok, seq_len=16, teacher=teacher, run_dir=run_dir, seed=5)
+    data = load_sources(["self:6"], tok, seq_len=16, teacher=teacher, run_dir=run_dir, seed=5, fingerprint="f" * 64)
     tokens = data.sources[0].tokens
     assert len(tokens) == 6 * 16 and tokens[0] == tok.bos_id
     assert (data.sources[0].n_train, data.sources[0].n_val) == (5, 1)
     # every document is [bos] + sample + [eos] (a sampled eos ends the sample), so each eos is followed by bos
     eos_at = np.flatnonzero(np.asarray(tokens[:-1]) == tok.eos_id)
     assert len(eos_at) > 1 and all(tokens[i + 1] == tok.bos_id for i in eos_at)
-    cache = os.path.join(run_dir, "self-6-seq16-seed5.bin")
+    cache = os.path.join(run_dir, "self-6-seq16-seed5-" + "f" * 16 + ".bin")  # named by the teacher's fingerprint
     assert os.path.isfile(cache) and json.load(open(cache + ".json"))["tokens"] == 96
-    monkeypatch.setattr("data.sample_teacher", lambda *a, **k: pytest.fail("cache not used"))
-    again = load_sources(["self:6"], tok, seq_len=16, teacher=teacher, run_dir=run_dir, seed=5)
-    assert np.array_equal(again.sources[0].tokens, tokens)
+    sampled = []
+    monkeypatch.setattr("sources.sample_teacher", lambda *a, **k: sampled.append(1) or np.asarray(tokens))
+    again = load_sources(["self:6"], tok, seq_len=16, teacher=teacher, run_dir=run_dir, seed=5, fingerprint="f" * 64)
+    assert np.array_equal(again.sources[0].tokens, tokens) and not sampled  # the cache, not a new sample
+    load_sources(["self:6"], tok, seq_len=16, teacher=teacher, run_dir=run_dir, seed=5, fingerprint="e" * 64)
+    assert sampled == [1]  # another teacher never reuses those samples
+    with open(cache, "r+b") as f:  # a cache cut short (a full disk, a kill outside our atomic write)
+        f.truncate(10)
+    with pytest.raises(DataError, match="holds 5 ids, its sidecar says 96"):
+        load_sources(["self:6"], tok, seq_len=16, teacher=teacher, run_dir=run_dir, seed=5, fingerprint="f" * 64)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -295,6 +338,13 @@ def test_cli_prints_stats_and_writes_a_loadable_bin(tmp_path, monkeypatch, capsy
     code, _, stderr = run_main(monkeypatch, capsys, "--data", str(tmp_path / "nope.txt"))
     assert code == 2 and stderr.startswith("error: ") and "nope.txt: no such file" in stderr
     assert stderr.count("\n") == 1
+    code, _, stderr = run_main(monkeypatch, capsys, "--data", corpus, "--seq-len", "32", "--out", corpus + ".bin")
+    assert code == 0  # a token file may replace a token file ...
+    code, _, stderr = run_main(monkeypatch, capsys, "--data", corpus, "--seq-len", "32", "--out",
+                               str(tmp_path / "x.bin"))
+    for target in (corpus, str(tmp_path)):  # ... but never its input, nor a directory
+        code, _, stderr = run_main(monkeypatch, capsys, "--data", corpus, "--seq-len", "32", "--out", target)
+        assert code == 2 and stderr.count("\n") == 1, stderr
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -313,6 +363,7 @@ def test_real_tokenizer_and_self_sampling(example_teacher, tmp_path):
     assert (data.sources[0].tokens == tok.eos_id).sum() == 40
     teacher = load_model(example_teacher)
     run_dir = str(tmp_path / "run")
-    first = load_sources(["self:4"], tok, seq_len=32, teacher=teacher, run_dir=run_dir, seed=0).sources[0].tokens
-    second = load_sources(["self:4"], tok, seq_len=32, teacher=teacher, run_dir=run_dir, seed=0).sources[0].tokens
+    kw = dict(teacher=teacher, run_dir=run_dir, seed=0, fingerprint="a" * 64)
+    first = load_sources(["self:4"], tok, seq_len=32, **kw).sources[0].tokens
+    second = load_sources(["self:4"], tok, seq_len=32, **kw).sources[0].tokens
     assert len(first) == 128 and np.array_equal(first, second) and isinstance(second, np.memmap)

@@ -1,7 +1,10 @@
-"""distill.py: each loss term against an independent formula, one materialisation per step, training really
-learns, exact resume after a kill, 2-rank gloo DDP, the final student in transformers, and bad input.
+"""distill.py: one materialisation per step equals materialising per micro-batch, training really learns, the
+init file of init_select.py is the run's step-0 student, every tool measures that student alike, exact resume
+after a kill, what resume refuses, signals in every phase, 2-rank gloo DDP and FSDP, the final student in
+transformers, and bad input.
 
-Builds on distill.py, student.py and init_select.py, with conftest.py's tiny teachers.
+Builds on distill.py, kd_loss.py, checkpoint.py, student.py, init_select.py, erank.py and eval_reasoning.py,
+with conftest.py's tiny teachers.
 Run as: pytest tests/test_distill.py -q
 """
 import json
@@ -16,10 +19,17 @@ import torch
 import transformers
 from safetensors.torch import load_file
 
+import checkpoint as ckpt
 import distill
 import eval_reasoning as er
+from data import cut_windows, tokenize_documents
+from erank import spectrum_summary
 from init_select import init_projections
+from kd_loss import CloneLoss, TeacherTargets, ce_loss, kl_loss
 from load_weights import load_model
+from problems import make_synthetic
+from run_config import Config
+from sources import write_tokens
 from student import Student
 from tokenizer import load_tokenizer
 
@@ -47,54 +57,36 @@ def run_distill(*args, check=True, **kwargs):
 
 def small_run(teacher, corpus, out, *extra):
     return ["--teacher", teacher, "--width", 32, "--data", corpus, "--seq-len", 32, "--batch-size", 4,
-            "--calib", 4, "--eval-every", 1000, "--eval-problems", 0, "--out", out, *extra]
+            "--n-calib", 4, "--eval-every", 1000, "--eval-problems", 0, "--out", out, *extra]
+
+
+def latest_state(out) -> dict:
+    return load_file(os.path.join(ckpt.latest_checkpoint(str(out) + ".run"), "student.safetensors"))
 
 
 # ---------------------------------------------------------------------------------------------------------
-# loss terms against independent formulas
+# one materialisation per step
 
-@pytest.mark.parametrize("reduction", ["seq_sum", "token_mean"])
-def test_kl_matches_torch_distributions(reduction):
-    g = torch.Generator().manual_seed(0)
-    s, t = torch.randn(3, 5, 11, generator=g) * 3, torch.randn(3, 5, 11, generator=g) * 3
-    T = 2.5
-    kl = torch.distributions.kl_divergence(torch.distributions.Categorical(logits=t / T),
-                                           torch.distributions.Categorical(logits=s / T))  # (3, 5): KL(t || s)
-    expected = kl.sum() / 3 if reduction == "seq_sum" else kl.mean()
-    assert torch.allclose(distill.kl_loss(s, t, T, reduction), expected, rtol=1e-5)
-
-
-def test_ce_is_next_token_cross_entropy():
-    logits, tokens = torch.randn(2, 6, 7), torch.randint(0, 7, (2, 6))
-    log_p = logits.log_softmax(-1)
-    expected = -torch.stack([log_p[b, i, tokens[b, i + 1]] for b in range(2) for i in range(5)]).mean()
-    assert torch.allclose(distill.ce_loss(logits, tokens), expected, atol=1e-6)
-
-
-def test_clone_terms_against_hand_built_activations(tiny_model):
-    teacher = load_model(tiny_model("qwen2"))
-    proj, norms, _ = init_projections("gaussian", teacher, 32, seed=1)
-    student = Student(teacher, 32, proj, norms)
-    tokens = torch.randint(0, 256, (2, 9))
-    t_all, s_all = {}, {}
-    with torch.no_grad():
-        t_taps = distill.TeacherTaps()
-        teacher(tokens, taps=t_taps)
-        teacher(tokens, taps=t_all)
-        clone = distill.CloneTaps(t_taps, teacher, student)
-        student(tokens, taps=clone)
-        student(tokens, taps=s_all)
-    mse = lambda a, b: ((a - b) ** 2).mean()
-    for name in ("q", "k", "v", "gate", "up"):
-        expected = sum(mse(s_all[f"{i}.{name}"], t_all[f"{i}.{name}"]) for i in range(2))
-        assert torch.allclose(clone.loss[name], expected, rtol=1e-5), name
-    # attn_out in teacher space: student heads through the teacher's o_proj, against the teacher's attn_out
-    expected = sum(mse(s_all[f"{i}.attn_heads"] @ teacher.layers[i].self_attn.o_proj.weight.T, t_all[f"{i}.attn_out"])
-                   for i in range(2))
-    assert torch.allclose(clone.loss["attn_out"], expected, rtol=1e-5)
-    # mlp_out in student space: the teacher's MLP output through the student's own down projection
-    expected = sum(mse(s_all[f"{i}.mlp_out"], t_all[f"{i}.mlp_out"] @ proj[f"layers.{i}.down"]) for i in range(2))
-    assert torch.allclose(clone.loss["mlp_out"], expected, rtol=1e-5)
+def test_materialise_once_equals_per_micro_batch(tiny_model):
+    teacher = load_model(tiny_model("llama"))
+    cfg = Config(kl_temperature=2.0, alpha=0.2)
+    micro = [torch.randint(0, 256, (2, 12), generator=torch.Generator().manual_seed(i)) for i in range(4)]
+    proj, norms, _ = init_projections("orthogonal", teacher, 32, seed=0)
+    once = Student(teacher, 32, proj, norms)
+    distill.train_step(once, teacher, micro, cfg, torch.autocast("cpu", enabled=False), vocab_size=256)
+    # reference: materialise inside every micro-batch and back-propagate straight into the projections
+    ref = Student(teacher, 32, proj, norms)
+    for tokens in micro:
+        targets = TeacherTargets()
+        with torch.no_grad():
+            t_logits = teacher(tokens, tap=targets.tap)
+        clone = CloneLoss(targets, teacher, ref)
+        s_logits = ref(tokens, tap=clone.tap)
+        loss = ce_loss(s_logits, tokens) + kl_loss(s_logits, t_logits, 2.0, "seq_sum") + 0.2 * clone.total()
+        (loss / len(micro)).backward()
+    for (name, a), b in zip(once.named_parameters(), ref.parameters()):
+        assert (a.grad - b.grad).abs().max() <= 1e-6, name
+    assert max(p.grad.abs().max() for p in ref.parameters()) > 1e-3  # gradients are not trivially zero
 
 
 def test_lr_schedule():
@@ -103,35 +95,17 @@ def test_lr_schedule():
     assert all(a >= b for a, b in zip(lrs[3:], lrs[4:]))
 
 
-# ---------------------------------------------------------------------------------------------------------
-# one materialisation per step
-
-def test_materialise_once_equals_per_micro_batch(tiny_model):
-    teacher = load_model(tiny_model("llama"))
-    cfg = type("Cfg", (), dict(clone_terms=distill.CLONE_TERMS, kl_temperature=2.0, kl_reduction="seq_sum",
-                               alpha=0.2, vocab_size=256))
-    micro = [torch.randint(0, 256, (2, 12), generator=torch.Generator().manual_seed(i)) for i in range(4)]
-    proj, norms, _ = init_projections("orthogonal", teacher, 32, seed=0)
-    once = Student(teacher, 32, proj, norms)
-    distill.train_step(once, teacher, micro, cfg, torch.autocast("cpu", enabled=False))
-    # reference: materialise inside every micro-batch and back-propagate straight into the projections
-    ref = Student(teacher, 32, proj, norms)
-    for tokens in micro:
-        t_taps = distill.TeacherTaps()
-        with torch.no_grad():
-            t_logits = teacher(tokens, taps=t_taps)
-        s_taps = distill.CloneTaps(t_taps, teacher, ref)
-        s_logits = ref(tokens, taps=s_taps)
-        loss = (distill.ce_loss(s_logits, tokens) + distill.kl_loss(s_logits, t_logits, 2.0, "seq_sum")
-                + 0.2 * sum(s_taps.loss.values()))
-        (loss / len(micro)).backward()
-    for (name, a), b in zip(once.named_parameters(), ref.parameters()):
-        assert (a.grad - b.grad).abs().max() <= 1e-6, name
-    assert max(p.grad.abs().max() for p in ref.parameters()) > 1e-3  # gradients are not trivially zero
+def test_spectrum_telemetry_equals_svdvals():
+    P = torch.randn(40, 16, generator=torch.Generator().manual_seed(0))
+    s = torch.linalg.svdvals(P)
+    largest, median, smallest, erank = spectrum_summary(P)
+    assert (largest, median, smallest) == (s[0].item(), s.median().item(), s[-1].item())
+    p = s / s.sum()
+    assert erank == pytest.approx(torch.exp(-(p * p.log()).sum()).item(), rel=1e-6)
 
 
 # ---------------------------------------------------------------------------------------------------------
-# the CLI end to end
+# the init file and the one measurement
 
 def test_steps_0_writes_the_pruned_teacher(tiny_teacher, corpus, tmp_path):
     teacher_dir = tiny_teacher("llama")
@@ -139,82 +113,191 @@ def test_steps_0_writes_the_pruned_teacher(tiny_teacher, corpus, tmp_path):
     result = run_distill(*small_run(teacher_dir, corpus, out, "--steps", 0, "--eval-problems", 6))
     cfg = json.load(open(str(out) + ".run/config.json"))
     channels = torch.tensor(cfg["init_info"]["channels"])
+    assert cfg["init_info"]["importance"] == "red"  # the red preset's score
     teacher, student = load_model(teacher_dir), load_model(str(out))
     assert student.args.dim == 32
     assert torch.equal(student.embed_tokens.weight, teacher.embed_tokens.weight[:, channels])
     assert torch.equal(student.layers[1].mlp.down_proj.weight, teacher.layers[1].mlp.down_proj.weight[channels])
     # the summary's accuracy column is eval_reasoning's verdict on the written student (no chat format: plain)
-    items = er.make_synthetic(6, 2, seed=0 + 12345)
+    items = make_synthetic(6, 2, seed=0 + 12345)
     res = er.evaluate(student, load_tokenizer(teacher_dir), items, max_new_tokens=256)
     row = next(line for line in result.stdout.splitlines() if line.startswith("student "))
     assert row.endswith(f"{res['accuracy']:.2f} [{res['lo']:.2f}, {res['hi']:.2f}]"), row
     assert "2-step accuracy" in result.stdout and "plain Question/Answer prompt" in result.stdout
 
 
+def test_one_student_measured_alike_by_every_tool(tiny_teacher, tmp_path):
+    """init_select.py --out FILE, then distill.py --init FILE --steps 0: the written student equals init_select's
+    step-0 student, and distill's validation, init_select's report, erank.py and eval_reasoning.py --ppl give
+    the same perplexity and eRank on the same held-out windows."""
+    teacher_dir = tiny_teacher("llama")
+    tok = load_tokenizer(teacher_dir)
+    windows = cut_windows(tokenize_documents(TEXT.split("\n")[:400], tok), 32)  # (N, 32)
+    n_val = 6
+    held = str(tmp_path / "held.bin")
+    write_tokens(held, windows[-n_val:].reshape(-1), vocab_size=tok.vocab_size)  # exactly the held-out windows
+    everything = str(tmp_path / "all.bin")
+    write_tokens(everything, windows.reshape(-1), vocab_size=tok.vocab_size)
+    init = str(tmp_path / "init.safetensors")
+    done = subprocess.run([sys.executable, "init_select.py", "--teacher", teacher_dir, "--width", "32", "--calib",
+                           everything, "--n-calib", "8", "--n-eval", str(n_val), "--seq-len", "32", "--out", init],
+                          cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    report = json.load(open(str(tmp_path / "init.json")))
+    val_fraction = n_val / len(windows) + 1e-9  # the last n_val windows are distill's held-out split
+    out = tmp_path / "student"
+    run_distill(*small_run(teacher_dir, everything, out, "--init", init, "--steps", 0, "--val-fraction",
+                           val_fraction, "--val-windows", 100))
+    step0 = ckpt.read_metrics(str(out) + ".run")[0]
+    teacher = load_model(teacher_dir)
+    from init_select import read_init
+    from load_weights import fingerprint
+    init_student, _ = read_init(init, teacher, fingerprint(teacher_dir))
+    merged, written = init_student.merge(), load_model(str(out))
+    assert all(torch.equal(a, b) for a, b in zip(merged.state_dict().values(), written.state_dict().values()))
+    er_run = subprocess.run([sys.executable, "erank.py", "--model", str(out), "--data", held, "--seq-len", "32",
+                             "--windows", "100", "--json"], cwd=ROOT, capture_output=True, text=True)
+    assert er_run.returncode == 0, er_run.stderr
+    from_erank = json.loads(er_run.stdout)["models"][0]
+    ev_run = subprocess.run([sys.executable, "eval_reasoning.py", "--model", str(out), "--ppl", held, "--seq-len",
+                             "32"], cwd=ROOT, capture_output=True, text=True)
+    assert ev_run.returncode == 0, ev_run.stderr
+    from_eval = float(ev_run.stdout.split("perplexity ")[1].split()[0])
+    assert step0["val_ppl"] == pytest.approx(report["student"]["ppl"], rel=1e-6)
+    assert step0["val_ppl"] == pytest.approx(from_erank["ppl"], rel=1e-6)
+    assert step0["val_ppl"] == pytest.approx(from_eval, rel=1e-6)
+    assert step0["erank"] == pytest.approx(report["student"]["erank_sq"], rel=1e-6)
+    assert step0["erank"] == pytest.approx(from_erank["mean"]["erank_sq"], rel=1e-6)
+    assert step0["erank_layers"] == pytest.approx([r["erank_sq"] for r in from_erank["layers"]], rel=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# training, the final student
+
 @pytest.mark.parametrize("preset", ["red", "lrc"])
 def test_training_reduces_the_loss(tiny_teacher, corpus, tmp_path, preset):
     out = tmp_path / preset
     run_distill(*small_run(tiny_teacher("llama"), corpus, out, "--steps", 30, "--preset", preset, "--lr", 1e-2))
-    losses = [json.loads(line)["loss"] for line in open(str(out) + ".run/metrics.jsonl")]
+    losses = [r["loss"] for r in ckpt.read_metrics(str(out) + ".run") if "loss" in r]
     first, last = sum(losses[:3]) / 3, sum(losses[-3:]) / 3
     assert last <= 0.7 * first, (preset, first, last)
 
 
 def test_final_student_loads_in_transformers(tiny_teacher, corpus, tmp_path):
     out = tmp_path / "final"
-    run_distill(*small_run(tiny_teacher("qwen3"), corpus, out, "--steps", 5, "--preset", "lrc"))
+    run_distill(*small_run(tiny_teacher("qwen3"), corpus, out, "--steps", 5, "--preset", "lrc", "--eval-every", 5))
     teacher = load_model(json.load(open(str(out) + ".run/config.json"))["teacher"])
-    student = Student.from_state_dict(teacher, load_file(str(out) + ".run/checkpoint/student.safetensors"))
+    student = Student.from_state_dict(teacher, latest_state(out))
     tokens = torch.randint(0, 300, (2, 10))
     ref = transformers.AutoModelForCausalLM.from_pretrained(str(out), dtype=torch.float32).eval()
     with torch.no_grad():
         assert (ref(tokens).logits - student(tokens)).abs().max() <= 1e-4
+    last = ckpt.read_metrics(str(out) + ".run")[-1]
+    assert last["step"] == 5 and set(last["spectrum"]) == {n for n, p in student.named_parameters() if p.dim() == 2}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# resume: exact after a kill, and what it refuses
+
+def start(argv) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "distill.py", *map(str, argv)], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
+
+
+def wait_for_checkpoint(proc, run_dir: str, step: int):
+    deadline = time.time() + 120
+    while proc.poll() is None and time.time() < deadline:
+        latest = ckpt.latest_checkpoint(run_dir)
+        if latest and int(latest.rsplit("-", 1)[1]) >= step:
+            return
+        time.sleep(0.02)
 
 
 def test_resume_after_kill_equals_uninterrupted_run(tiny_teacher, corpus, tmp_path):
     teacher_dir = tiny_teacher("llama")
-    args = lambda out: small_run(teacher_dir, corpus, out, "--steps", 30, "--ckpt-every", 3)
+    args = lambda out: small_run(teacher_dir, corpus, out, "--steps", 30, "--ckpt-every", 3, "--eval-every", 7)
     run_distill(*args(tmp_path / "straight"))
-    # the same run, killed with SIGKILL as soon as a checkpoint past step 6 exists, then resumed
-    env = dict(os.environ, OMP_NUM_THREADS="1")
     killed = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, "distill.py", *map(str, args(killed))], cwd=ROOT, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    state = str(killed) + ".run/checkpoint/state.json"
-    deadline = time.time() + 120
-    while proc.poll() is None and time.time() < deadline:
-        try:
-            if json.load(open(state))["step"] >= 6:
-                break
-        except (OSError, ValueError, KeyError):
-            pass
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    step = json.load(open(state))["step"]
-    assert step < 30, "the run finished before it could be killed"
+    proc = start(args(killed))  # killed with SIGKILL as soon as a checkpoint past step 6 exists, then resumed
+    wait_for_checkpoint(proc, str(killed) + ".run", 6)
+    proc.kill()
+    proc.communicate()
+    assert ckpt.latest_checkpoint(str(killed) + ".run") < ckpt.checkpoint_dir(str(killed) + ".run", 30)
     run_distill(*args(killed), "--resume")
-    a = load_file(str(tmp_path / "straight") + ".run/checkpoint/student.safetensors")
-    b = load_file(str(killed) + ".run/checkpoint/student.safetensors")
+    a, b = latest_state(tmp_path / "straight"), latest_state(killed)
     assert max((a[k] - b[k]).abs().max() for k in a) <= 1e-6
+    steps = [r["step"] for r in ckpt.read_metrics(str(killed) + ".run")]
+    assert steps == list(range(31)), steps  # each step once: lines past the checkpoint were cut on resume
 
 
-def test_interrupted_checkpoint_write_keeps_the_previous_one(tiny_model, tmp_path, monkeypatch):
-    teacher = load_model(tiny_model("llama"))
-    proj, norms, _ = init_projections("gaussian", teacher, 32)
-    student = Student(teacher, 32, proj, norms)
-    opt = torch.optim.AdamW(student.parameters())
-    path = str(tmp_path / "ckpt")
-    distill.save_checkpoint(path, student, opt, {"step": 1})
+def test_resume_refuses_what_would_change_the_run(tiny_teacher, corpus, tmp_path, capsys):
+    teacher_dir, other_seed = tiny_teacher("llama"), tiny_teacher("llama", seed=1)  # same config, other weights
+    out = tmp_path / "w32"
+    run_distill(*small_run(teacher_dir, corpus, out, "--steps", 2))
+    run_dir = str(out) + ".run"
+    before = {f: open(os.path.join(run_dir, f), "rb").read() for f in ("config.json", "metrics.jsonl")}
+    capsys.readouterr()
+    refusals = {  # extra flags -> what the one line says
+        ("--resume", "--width", 48): "--width 48 (the run has 32)",
+        ("--resume", "--preset", "lrc"): "--preset lrc (the run has red)",
+        ("--resume", "--kl-temperature", 40): "--kl-temperature 40.0 (the run has 1.0)",
+        ("--resume", "--teacher", other_seed): "not the teacher this run was started with",
+        (): "holds a student already",
+        ("--resume", "--overwrite"): "pass one of them",
+    }
+    for extra, fragment in refusals.items():
+        argv = small_run(teacher_dir, corpus, out, "--steps", 4)
+        if "--teacher" in extra:
+            argv[1] = other_seed
+            extra = ("--resume",)
+        with pytest.raises(SystemExit) as exit_:
+            distill.main(list(map(str, argv + list(extra))))
+        err = capsys.readouterr().err.strip().splitlines()
+        assert exit_.value.code == 2 and len(err) == 1 and fragment in err[0], (extra, err)
+    assert before == {f: open(os.path.join(run_dir, f), "rb").read() for f in before}
+    assert ckpt.latest_checkpoint(run_dir).endswith("checkpoint-00000002")
+    # what may change does: more steps, and the run's own settings need not be repeated
+    run_distill("--out", out, "--resume", "--steps", 3, "--eval-problems", 0)
+    assert ckpt.latest_checkpoint(run_dir).endswith("checkpoint-00000003")
+    saved = json.load(open(os.path.join(run_dir, "config.json")))
+    assert saved["steps"] == 3 and saved["width"] == 32 and saved["teacher"] == teacher_dir
 
-    def dies(*a, **k):
-        raise KeyboardInterrupt  # the process "dies" half way through writing the next checkpoint
-    monkeypatch.setattr(distill, "save_file", lambda tensors, file: dies() if "optimizer" in file else None)
-    with pytest.raises(KeyboardInterrupt):
-        distill.save_checkpoint(path, student, opt, {"step": 2})
-    assert json.load(open(os.path.join(path, "state.json")))["step"] == 1
-    assert set(load_file(os.path.join(path, "student.safetensors"))) == set(student.state_dict())
 
+# ---------------------------------------------------------------------------------------------------------
+# signals
+
+def test_signals_in_every_phase(tiny_teacher, corpus, tmp_path):
+    teacher_dir = tiny_teacher("llama")
+    # training: the first SIGINT finishes the step, checkpoints and exits 130; --resume goes on from there
+    out = tmp_path / "train"
+    proc = start(small_run(teacher_dir, corpus, out, "--steps", 100000, "--ckpt-every", 1000))
+    wait_for_checkpoint(proc, str(out) + ".run", 0)
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "continue with --resume" in err and "Traceback" not in err
+    assert int(ckpt.latest_checkpoint(str(out) + ".run").rsplit("-", 1)[1]) > 0
+    # the summary (after the student is written): Ctrl-C stops it at once, one line, exit 130
+    out = tmp_path / "summary"
+    proc = start(small_run(teacher_dir, corpus, out, "--steps", 1, "--eval-problems", 5000))
+    deadline = time.time() + 60
+    while not os.path.isdir(out) and time.time() < deadline:
+        time.sleep(0.02)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130 and err.strip().splitlines()[-1].startswith("error: interrupted"), err[-500:]
+    assert "Traceback" not in err and load_model(str(out)).args.dim == 32  # the written student is intact
+    # start-up: one line too
+    proc = start(small_run(teacher_dir, corpus, tmp_path / "early", "--steps", 1))
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130 and "Traceback" not in err, err[-500:]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# data parallel
 
 @pytest.mark.parametrize("mode", ["ddp", "fsdp"])
 def test_two_rank_gloo_matches_single_process(tiny_teacher, corpus, tmp_path, mode):
@@ -230,16 +313,17 @@ def test_two_rank_gloo_matches_single_process(tiny_teacher, corpus, tmp_path, mo
                              "--master_port", "29517", "distill.py", *map(str, args(tmp_path / mode)), *flags],
                             cwd=ROOT, env=env, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-3000:]
-    a = load_file(str(tmp_path / "single") + ".run/checkpoint/student.safetensors")
-    b = load_file(str(tmp_path / mode) + ".run/checkpoint/student.safetensors")
+    a, b = latest_state(tmp_path / "single"), latest_state(tmp_path / mode)
     assert max((a[k] - b[k]).abs().max() for k in a) <= 1e-5
     if mode == "fsdp":  # the ranks sampled the same sequences as the single process
-        name = "self-12-seq32-seed0.bin"
-        assert (tmp_path / ("single.run/" + name)).read_bytes() == (tmp_path / ("fsdp.run/" + name)).read_bytes()
+        cache = lambda d: next(f for f in os.listdir(d) if f.startswith("self-12-seq32-seed0-") and f.endswith(".bin"))
+        single, sharded = str(tmp_path / "single.run"), str(tmp_path / "fsdp.run")
+        assert open(os.path.join(single, cache(single)), "rb").read() == \
+            open(os.path.join(sharded, cache(sharded)), "rb").read()
 
 
 # ---------------------------------------------------------------------------------------------------------
-# bad input: one line, exit 2, nothing overwritten
+# bad input: one line, exit 2, nothing written
 
 def bad_cases(teacher, corpus, tmp_path):
     empty = tmp_path / "empty.txt"
@@ -254,7 +338,7 @@ def bad_cases(teacher, corpus, tmp_path):
         "teacher missing": (base(**{"--teacher": tmp_path / "none"}), "no such directory"),
         "width too large": (base(**{"--width": 128}), "outside 1..64"),
         "width not multiple": (base(**{"--width": 30}), "use 28 or 32"),
-        "unknown preset": (base(**{"--preset": "fast"}), "unknown preset 'fast'"),
+        "unknown preset": (base(**{"--preset": "fast"}), "invalid choice: 'fast'"),
         "data missing": (base(**{"--data": tmp_path / "nope.txt"}), "nope.txt"),
         "data empty": (base(**{"--data": empty}), "empty"),
         "data too short": (base(**{"--data": short}), "short.txt"),
@@ -264,12 +348,17 @@ def bad_cases(teacher, corpus, tmp_path):
         "unwritable out": (base(**{"--out": "/proc/red-out"}), "not writable"),
         "unknown init": (base() + ["--init", "svd"], "unknown init 'svd'"),
         "fsdp in one process": (base() + ["--fsdp"], "torchrun --nproc_per_node"),
+        "out is the teacher": (base(**{"--out": teacher}), "is the --teacher input"),
+        "run dir in the teacher": (base() + ["--run-dir", os.path.join(teacher, "run")], "lies inside the --teacher"),
+        "out contains the run dir": (base() + ["--run-dir", str(tmp_path / "o" / "run")], "overlap"),
+        "out over the data": (base(**{"--out": tmp_path}), "contains the --teacher input"),  # and the data
     }
 
 
 def test_bad_inputs_one_line_exit_2(tiny_teacher, corpus, tmp_path, capsys):
     teacher_dir = tiny_teacher("llama")
     capsys.readouterr()  # drop what building the fixture printed
+    teacher_files = sorted(os.listdir(teacher_dir))
     for name, (argv, fragment) in bad_cases(teacher_dir, corpus, tmp_path).items():
         with pytest.raises(SystemExit) as exit_:  # in-process for speed; any other exception fails the test
             distill.main(argv)
@@ -277,19 +366,24 @@ def test_bad_inputs_one_line_exit_2(tiny_teacher, corpus, tmp_path, capsys):
         assert exit_.value.code == 2, (name, lines)
         assert len(lines) == 1 and lines[0].startswith("error:") and fragment in lines[0], (name, lines)
         assert not (tmp_path / "o").exists() and not (tmp_path / "o.run").exists(), name  # nothing written
+        assert sorted(os.listdir(teacher_dir)) == teacher_files, name
     # and as a user sees it: a real process, no traceback
     argv, fragment = bad_cases(teacher_dir, corpus, tmp_path)["width not multiple"]
     result = run_distill(*argv, check=False)
     assert result.returncode == 2 and "Traceback" not in result.stderr and fragment in result.stderr
 
 
-def test_resume_for_another_width_is_refused(tiny_teacher, corpus, tmp_path):
+def test_existing_runs_are_never_silently_replaced(tiny_teacher, corpus, tmp_path):
     teacher_dir = tiny_teacher("llama")
-    out = tmp_path / "w32"
+    out = tmp_path / "o"
     run_distill(*small_run(teacher_dir, corpus, out, "--steps", 2))
-    before = open(str(out) + ".run/checkpoint/state.json").read()
-    argv = small_run(teacher_dir, corpus, out, "--steps", 4, "--resume")
-    argv[argv.index("--width") + 1] = 48
-    result = run_distill(*argv, check=False)
-    assert result.returncode == 2 and "another teacher or width" in result.stderr
-    assert open(str(out) + ".run/checkpoint/state.json").read() == before
+    again = run_distill(*small_run(teacher_dir, corpus, out, "--steps", 2), check=False)
+    assert again.returncode == 2 and "--overwrite" in again.stderr and "--resume" in again.stderr
+    run_distill(*small_run(teacher_dir, corpus, out, "--steps", 3, "--overwrite"))
+    assert [r["step"] for r in ckpt.read_metrics(str(out) + ".run")] == [0, 1, 2, 3]  # a fresh run: no old lines
+    not_a_model = tmp_path / "documents"
+    not_a_model.mkdir()
+    (not_a_model / "thesis.txt").write_text("years of work")
+    refused = run_distill(*small_run(teacher_dir, corpus, not_a_model, "--steps", 1, "--overwrite"), check=False)
+    assert refused.returncode == 2 and "is not a checkpoint directory" in refused.stderr
+    assert (not_a_model / "thesis.txt").read_text() == "years of work"

@@ -1,10 +1,12 @@
 """erank.py against an independent float64 numpy SVD, exact cases (isotropic -> d, a line -> 1), invariances,
-streaming == one batch, METHOD.md §3.4's init-spectrum numbers, token cosine against brute force, and the CLI.
+streaming == one batch, the init-spectrum numbers of METHOD §3.8, token cosine against brute force, the
+held-out measurement (eRank through taps, perplexity against transformers' loss), and the CLI.
 
 Builds on erank.py, with numpy's float64 linear algebra as the reference.
 Run as: pytest tests/test_erank.py            (add -m "not slow" to skip the real-teacher CLI run)
 """
 import json
+import math
 import os
 import subprocess
 import sys
@@ -20,7 +22,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 # ---------------------------------------------------------------------------------------------------------
-# References written here, from the definitions in METHOD.md §5, with numpy's SVD instead of a Gram matrix
+# References written here, from the definitions in METHOD §4.1, with numpy's SVD instead of a Gram matrix
 
 def reference_erank(h, kind: str) -> float:
     """Diff-eRank ("sq") or Roy-Vetterli ("rv") of tokens h (N, d), by SVD in float64."""
@@ -132,10 +134,10 @@ def test_sq_accumulator_refuses_to_guess_the_mean():
 
 
 # ---------------------------------------------------------------------------------------------------------
-# METHOD.md §3.4: the spectrum of LRC's Gaussian init against RED's selection init
+# METHOD §3.8: the spectrum of LRC's Gaussian init against RED's selection init
 
 def test_gaussian_projection_spectrum():
-    # P (3072, 1536) ~ N(0, 0.02^2), LRC's init for Llama-3.2-3B -> 1536. METHOD §3.4's 0.93 / 0.78 are
+    # P (3072, 1536) ~ N(0, 0.02^2), LRC's init for Llama-3.2-3B -> 1536. METHOD §3.8's 0.93 / 0.78 are
     # eRank_RV and eRank_sq of P's own singular values, i.e. the spectrum functions on svdvals(P) (0.926 and
     # 0.779 with this seed). erank(P) treats P's 3072 rows as tokens, centres them and (for "sq") normalises
     # them: the column means are ~0.02/sqrt(3072) (a rank-1 change) and the row norms agree to ~2%, so it
@@ -183,33 +185,66 @@ def test_token_cosine_extremes():
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Per-layer measurement through the model's taps, against collecting everything and computing directly
+# The held-out measurement: eRank through the model's taps against collecting everything and computing
+# directly; perplexity against transformers' own loss
 
 def test_measure_model_matches_direct_computation(tiny_model):
+    from conftest import recorder
     from load_weights import load_model
     model = load_model(tiny_model("llama"))
-    g = torch.Generator().manual_seed(0)
-    sequences = torch.randint(0, model.args.vocab_size, (5, 40), generator=g).tolist() + [[3, 1, 4, 1, 5, 9]]
-    resid = {}
-    with torch.inference_mode():  # plain-dict taps: hold every layer's output, the way streaming avoids
-        for seq in sequences:
-            taps = {}
-            model(torch.tensor([seq]), taps=taps)
-            for layer in range(model.args.n_layers):
-                resid.setdefault(layer, []).append(taps[f"{layer}.resid"][0])  # (T, D)
-    for keep_first in (False, True):
-        rows = measure_model(model, sequences, keep_first=keep_first, batch_size=2)
-        assert [r["layer"] for r in rows] == list(range(model.args.n_layers))
-        for layer, row in enumerate(rows):
-            h = torch.cat([t[0 if keep_first else 1:] for t in resid[layer]])  # (N, D)
-            assert row["erank_sq"] == pytest.approx(reference_erank(h, "sq"), rel=1e-6)
-            assert row["erank_rv"] == pytest.approx(reference_erank(h, "rv"), rel=1e-6)
-            assert row["token_cos"] == pytest.approx(reference_cosine(h, True), rel=1e-6, abs=1e-9)
-            assert row["token_cos_raw"] == pytest.approx(reference_cosine(h, False), rel=1e-6, abs=1e-9)
-    rows = measure_model(model, sequences, per_seq=True)
-    for layer, row in enumerate(rows):
-        per_seq = [reference_erank(t[1:], "sq") for t in resid[layer]]
-        assert row["erank_sq"] == pytest.approx(np.mean(per_seq), rel=1e-6)
+    windows = torch.randint(0, model.args.vocab_size, (5, 40), generator=torch.Generator().manual_seed(0))
+    taps, tap = recorder()  # holds every layer's output: the way streaming avoids
+    with torch.no_grad():
+        model(windows, tap=tap)
+    m = measure_model(model, windows, batch_size=2)
+    assert [r["layer"] for r in m["layers"]] == list(range(model.args.n_layers))
+    for layer, row in enumerate(m["layers"]):
+        h = taps[f"{layer}.resid"][:, 1:].reshape(-1, model.args.dim)  # position 0 of every window left out
+        assert row["erank_sq"] == pytest.approx(reference_erank(h, "sq"), rel=1e-6)
+        assert row["erank_rv"] == pytest.approx(reference_erank(h, "rv"), rel=1e-6)
+        assert row["token_cos"] == pytest.approx(reference_cosine(h, True), rel=1e-6, abs=1e-9)
+        assert row["token_cos_raw"] == pytest.approx(reference_cosine(h, False), rel=1e-6, abs=1e-9)
+    assert m["erank_sq"] == pytest.approx(np.mean([r["erank_sq"] for r in m["layers"]]))
+    assert m["tokens_measured"] == 5 * 39 and m["predicted"] == 5 * 39
+    per_seq = measure_model(model, windows, per_seq=True)
+    for layer, row in enumerate(per_seq["layers"]):
+        expected = [reference_erank(w[1:], "sq") for w in taps[f"{layer}.resid"]]
+        assert row["erank_sq"] == pytest.approx(np.mean(expected), rel=1e-6)
+    assert per_seq["ppl"] == m["ppl"] == measure_model(model, windows, layers=False)["ppl"]
+
+
+def hf_perplexity(hf, windows):
+    """exp of transformers' mean token loss over the same windows (one call each: its loss is a mean over the
+    T - 1 shifted labels, times T - 1 gives the window's sum back)."""
+    nll = 0.0
+    for w in windows:
+        with torch.no_grad():
+            nll += hf(input_ids=w[None], labels=w[None]).loss.item() * (len(w) - 1)
+    return math.exp(nll / (windows.numel() - len(windows)))
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2"])
+def test_perplexity_matches_transformers_tiny(tiny_model, family):
+    import transformers
+    from load_weights import load_model
+    path = tiny_model(family)
+    # random ids are fine: the claim is arithmetic (same windows, same loss), not that the text is natural
+    windows = torch.randint(0, 256, (5, 48), generator=torch.Generator().manual_seed(0))
+    hf = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    m = measure_model(load_model(path), windows, batch_size=2)  # 2 + 2 + 1 windows per forward
+    assert m["ppl"] == pytest.approx(hf_perplexity(hf, windows), rel=1e-4)
+
+
+@pytest.mark.slow
+def test_perplexity_matches_transformers_teacher(example_teacher):
+    import transformers
+    from data import load_windows
+    from load_weights import load_model
+    from tokenizer import load_tokenizer
+    hf = transformers.AutoModelForCausalLM.from_pretrained(example_teacher, dtype=torch.float32).eval()
+    windows = load_windows("problems:12", load_tokenizer(example_teacher), 100)
+    m = measure_model(load_model(example_teacher), windows, layers=False, batch_size=4)
+    assert m["ppl"] == pytest.approx(hf_perplexity(hf, windows), rel=1e-4)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -242,10 +277,10 @@ def test_cli_missing_data_file(tmp_path, tiny_model):
 
 @pytest.mark.parametrize("name,content", [("empty.txt", ""), ("blank.txt", "\n \n\t\n"), ("empty.jsonl", "\n"),
                                           ("bad.jsonl", '{"text": "fine"}\n{"prompt": "no text field"}\n')])
-def test_cli_empty_or_malformed_data(tmp_path, tiny_model, name, content):
+def test_cli_empty_or_malformed_data(tmp_path, tiny_teacher, name, content):
     data = tmp_path / name
     data.write_text(content)
-    assert_one_line_error(run_cli("--model", tiny_model("llama"), "--data", str(data)), name)
+    assert_one_line_error(run_cli("--model", tiny_teacher("llama"), "--data", str(data), "--seq-len", "64"), name)
 
 
 TEXT = """The river town woke slowly. Fishermen pulled their boats onto the gravel, and the baker opened his
@@ -266,13 +301,13 @@ leaves look green. The sugars it makes feed the plant and, through food chains, 
 def test_cli_on_example_teacher(tmp_path, example_teacher):
     data = tmp_path / "paragraphs.txt"
     data.write_text(TEXT * 3)
-    proc = run_cli("--model", example_teacher, "--data", str(data), "--tokens", "384", "--seq-len", "128", "--json")
+    proc = run_cli("--model", example_teacher, "--data", str(data), "--windows", "3", "--seq-len", "128", "--json")
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
-    assert report["keep_first"] is False and report["kinds"] == ["sq", "rv"]
+    assert report["first_measured"] == 1 and report["kinds"] == ["sq", "rv"]
     (m,) = report["models"]
     assert m["dim"] == 576 and len(m["layers"]) == m["n_layers"] == 30
-    assert m["tokens_fed"] == 384 and m["tokens_measured"] == 384 - m["sequences"]
+    assert m["windows"] == 3 and m["tokens_measured"] == 3 * 127 and 1 < m["ppl"] < 1000
     for row in m["layers"]:
         for kind in ("sq", "rv"):
             assert 1.0 < row[f"erank_{kind}"] <= m["dim"]

@@ -1,12 +1,12 @@
-"""Tests for eval_reasoning.py: answer extraction, the synthetic generator, batched greedy decoding against
-unbatched decoding and against `transformers`, perplexity against transformers' loss, and CLI errors.
+"""Tests for eval_reasoning.py: answer extraction, batched greedy decoding against unbatched decoding and against
+`transformers`, the solution-only perplexity, and CLI errors (perplexity itself is erank.measure_model's, tested
+in test_erank.py).
 
-Builds on eval_reasoning.py and model.py, with transformers as the reference.
+Builds on eval_reasoning.py, model.py and problems.py, with transformers as the reference.
 Run as: OMP_NUM_THREADS=1 pytest tests/test_eval_reasoning.py     (-m "not slow" skips the real teacher)
 """
 import json
 import math
-import re
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +17,7 @@ import torch
 import eval_reasoning as er
 from load_weights import load_model
 from model import generate
+from problems import make_synthetic
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -67,10 +68,6 @@ def test_extract_answer(text, expected):
     assert er.extract_answer(text) == expected
 
 
-def test_extraction_table_is_big_enough():
-    assert len(EXTRACTION) >= 30
-
-
 def test_numeric_comparison_and_gold():
     assert er.is_correct("18.0", "18") and er.is_correct("0.75", "3/4") and er.is_correct("-20", "-20")
     assert not er.is_correct(None, "3") and not er.is_correct("12", "13")
@@ -78,6 +75,7 @@ def test_numeric_comparison_and_gold():
     assert er.gold_answer("Half of 48 is <<48/2=24>>24.\n#### 1,234") == "1234"
     assert er.gold_answer(72) == "72" and er.gold_answer("72") == "72" and er.gold_answer(" -3.5 ") == "-3.5"
     assert er.gold_answer("#### many") is None and er.gold_answer("no number") is None and er.gold_answer(None) is None
+    assert er.gold_answer(float("nan")) is None and er.gold_answer(float("inf")) is None  # JSON's NaN, Infinity
 
 
 def test_wilson_interval():
@@ -87,36 +85,6 @@ def test_wilson_interval():
     lo, hi = er.wilson_interval(0, 10)
     assert lo == 0.0 and hi == pytest.approx(0.2775, abs=1e-4)
     assert er.wilson_interval(10, 10)[1] == 1.0
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Synthetic generator
-
-STEP_LINE = re.compile(r"Step (\d+): .+, so (\d+) ([-+x/]) (\d+) = (\d+)\.")
-
-
-@pytest.mark.parametrize("steps,max_value", [(1, 99), (2, 99), (4, 99), (6, 20), (3, 10)])
-def test_synthetic_problems_are_correct(steps, max_value):
-    problems = er.make_synthetic(150, steps, seed=7, max_value=max_value)
-    assert problems == er.make_synthetic(150, steps, seed=7, max_value=max_value)  # deterministic by seed
-    assert problems != er.make_synthetic(150, steps, seed=8, max_value=max_value)
-    # the solution's arithmetic is checked by re-doing it, not by trusting the generator's own bookkeeping
-    apply = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "x": lambda a, b: a * b, "/": lambda a, b: a / b}
-    for p in problems:
-        lines = p["answer"].split("\n")
-        start = int(re.search(r"starts with (\d+) ", lines[0]).group(1))
-        assert len(lines) == steps + 2 and lines[-1].startswith("#### ")
-        value = start
-        for i, line in enumerate(lines[1:-1], 1):
-            step, a, op, b, c = STEP_LINE.fullmatch(line).groups()
-            assert int(step) == i and int(a) == value and apply[op](int(a), int(b)) == int(c)
-            assert all(1 <= int(v) <= max_value for v in (a, b, c))
-            value = int(c)
-        assert 1 <= start <= max_value
-        # the "####" line, the extractor's reading of the whole solution and the replayed steps agree
-        assert er.gold_answer(p["answer"]) == er.extract_answer(p["answer"]) == str(value)
-        assert p["question"].count("?") == 1 and f" {start} " in p["question"]
-    assert len({p["question"] for p in problems}) > 0.9 * len(problems)  # varied, not one template
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -173,30 +141,24 @@ def test_question_stop_hook():
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Perplexity against transformers' loss
+# Solution perplexity: the loss on the worked solutions only
 
-def hf_perplexity(hf, ids, window):
-    """exp of transformers' mean token loss over the same non-overlapping windows."""
+def test_solution_perplexity_scores_only_the_solutions(tiny_model):
+    """Equal to a direct computation over exactly the solution tokens (and eos) of each problem."""
+    import torch.nn.functional as F
+    model = load_model(tiny_model("llama"))
+    tok = ByteTokenizer()
+    tok.eos_id = 0
+    problems = make_synthetic(3, 1, seed=5)
     nll, count = 0.0, 0
-    # transformers' loss is the mean over len - 1 shifted labels; times len - 1 gives the window's sum back
-    for i in range(0, len(ids), window):
-        w = ids[i:i + window]
-        if len(w) >= 2:
-            with torch.no_grad():
-                loss = hf(input_ids=torch.tensor([w]), labels=torch.tensor([w])).loss.item()
-            nll, count = nll + loss * (len(w) - 1), count + len(w) - 1
-    return math.exp(nll / count)
-
-
-@pytest.mark.parametrize("family", ["llama", "qwen2"])
-def test_perplexity_matches_transformers_tiny(tiny_model, family):
-    import transformers
-    path = tiny_model(family)
-    # random ids are fine: the claim is arithmetic (same windows, same loss), not that the text is natural
-    ids = torch.randint(0, 256, (203,), generator=torch.Generator().manual_seed(0)).tolist()
-    hf = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
-    ours = er.perplexity(load_model(path), ids, window=64, batch_size=2)  # 3 full windows + an 11-token tail
-    assert ours == pytest.approx(hf_perplexity(hf, ids, 64), rel=1e-4)
+    for p in problems:
+        ids, n_prompt = er.encode_problem(tok, p)
+        assert ids[:n_prompt] == tok.encode(er.build_prompt(tok, p["question"], [], chat=False))
+        with torch.no_grad():
+            logits = model(torch.tensor([ids]))[0]
+        losses = F.cross_entropy(logits[:-1], torch.tensor(ids[1:]), reduction="none")
+        nll, count = nll + losses[n_prompt - 1:].sum().item(), count + len(ids) - n_prompt
+    assert er.solution_perplexity(model, tok, problems, batch_size=2) == pytest.approx(math.exp(nll / count), rel=1e-5)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -221,7 +183,7 @@ def assert_user_error(code, stderr, *needles):
     assert "Traceback" not in stderr and all(n in lines[0] for n in needles), lines[0]
 
 
-def test_cli_errors(tmp_path, capsys, monkeypatch):
+def test_cli_errors(tmp_path, capsys, monkeypatch, tiny_teacher):
     good = tmp_path / "good.jsonl"
     good.write_text(json.dumps({"question": "1 + 1?", "answer": "1 + 1 = 2\n#### 2"}) + "\n")
     bad_json = tmp_path / "bad.jsonl"
@@ -237,7 +199,7 @@ def test_cli_errors(tmp_path, capsys, monkeypatch):
     proc = run_cli("--model", missing, "--data", bad_json)
     assert_user_error(proc.returncode, proc.stderr, f"{bad_json}:3", "not valid JSON")
     proc = run_cli("--model", missing, "--data", good)
-    assert_user_error(proc.returncode, proc.stderr, "no such directory")
+    assert_user_error(proc.returncode, proc.stderr, str(missing), "no such")
     cases = [
         (("--data", missing / "x.jsonl"), ["no such file"]),
         (("--data", no_gold), [f"{no_gold}:2", "no numeric gold answer"]),
@@ -246,21 +208,28 @@ def test_cli_errors(tmp_path, capsys, monkeypatch):
         (("--data", good, "--shots", 1), ["--fewshot"]),
         (("--data", good, "--shots", 1, "--fewshot", good, "--chat"), ["zero-shot"]),
         (("--data", good, "--batch-size", 0), ["--batch-size"]),
-        (("--data", good, "--ppl", missing / "t.txt"), ["no such file"]),
-        (("--ppl", latin1), [str(latin1), "not UTF-8"]),
+        (("--data", good, "--out", good), ["--out", "is the --data input"]),  # never over the test set
+        (("--data", good, "--out", tmp_path), ["is a directory"]),
     ]
     for args, needles in cases:
         assert_user_error(*run_main(capsys, monkeypatch, "--model", missing, *args), *needles)
-    assert_user_error(*run_main(capsys, monkeypatch, "--make-synthetic", 5, "--steps", 2), "--out")
+    model = tiny_teacher("llama")
+    capsys.readouterr()  # drop what building the fixture printed
+    for args, needles in [(("--ppl", missing / "t.txt"), ["no such file"]),
+                          (("--ppl", latin1), [str(latin1), "UTF-8"])]:
+        assert_user_error(*run_main(capsys, monkeypatch, "--model", model, *args), *needles)
+    assert_user_error(*run_main(capsys, monkeypatch, "--make-synthetic", 5, "--ops", 2), "--out")
+    assert_user_error(*run_main(capsys, monkeypatch, "--make-synthetic", 5, "--out", no_question), "not a problem set")
 
 
 def test_cli_make_synthetic(tmp_path, monkeypatch):
     out = tmp_path / "syn.jsonl"
-    monkeypatch.setattr(sys, "argv", ["eval_reasoning.py", "--make-synthetic", "20", "--steps", "3", "--seed", "4",
+    monkeypatch.setattr(sys, "argv", ["eval_reasoning.py", "--make-synthetic", "20", "--ops", "3", "--seed", "4",
                                       "--max-value", "50", "--out", str(out)])
     er.main()
     rows = [json.loads(line) for line in out.read_text().splitlines()]
-    assert rows == er.make_synthetic(20, 3, seed=4, max_value=50)
+    assert rows == make_synthetic(20, 3, seed=4, max_value=50)
+    er.main()  # again: a problem set may replace a problem set
     assert er.read_items(str(out))[0]["gold"] == er.gold_answer(rows[0]["answer"])
 
 
@@ -313,7 +282,7 @@ def test_generations_and_accuracy_match_transformers_teacher(teacher):
     model, tok, hf = teacher
     # 1-step problems and 64 new tokens: the cheapest setting in which the teacher still finishes some answers
     # (3 of these 32 are right), so the accuracy comparison is not a trivial 0 == 0
-    items = er.make_synthetic(32, 1, seed=11)
+    items = make_synthetic(32, 1, seed=11)
     max_new = 64
     res = er.evaluate(model, tok, items, chat=True, max_new_tokens=max_new, batch_size=32)  # one batch: fewest steps
     stop, hf_correct = er.question_stop(tok), 0
@@ -337,11 +306,11 @@ def test_generations_and_accuracy_match_transformers_teacher(teacher):
 def test_cli_end_to_end_teacher(example_teacher, tmp_path, monkeypatch, capsys):
     """The command line on the real teacher: few-shot prompts, predictions file, perplexity line."""
     test, train, text = tmp_path / "test.jsonl", tmp_path / "train.jsonl", tmp_path / "text.txt"
-    er.write_jsonl(str(test), er.make_synthetic(5, 1, seed=1))
-    er.write_jsonl(str(train), er.make_synthetic(3, 1, seed=2))
+    er.write_jsonl(str(test), make_synthetic(5, 1, seed=1))
+    er.write_jsonl(str(train), make_synthetic(3, 1, seed=2))
     text.write_text("Mia has 12 apples. She buys 5 more, so she has 17 apples now. " * 5)
     argv = ["--model", example_teacher, "--data", test, "--limit", 3, "--shots", 2, "--fewshot", train,
-            "--max-new-tokens", 8, "--out", tmp_path / "preds.jsonl", "--ppl", text, "--window", 32]
+            "--max-new-tokens", 8, "--out", tmp_path / "preds.jsonl", "--ppl", text, "--seq-len", 32]
     monkeypatch.setattr(sys, "argv", ["eval_reasoning.py", *map(str, argv)])
     er.main()
     out = capsys.readouterr().out
@@ -350,11 +319,3 @@ def test_cli_end_to_end_teacher(example_teacher, tmp_path, monkeypatch, capsys):
     assert len(preds) == 3 and set(preds[0]) == {"prompt", "gold", "generation", "extracted", "correct"}
     # the exact prompt: SmolLM2's configured bos written out, two train exemplars, then the test question
     assert preds[0]["prompt"].startswith("<|im_start|>Question: ") and preds[0]["prompt"].count("Question:") == 3
-
-
-@pytest.mark.slow
-def test_perplexity_matches_transformers_teacher(teacher):
-    model, tok, hf = teacher
-    text = " ".join(p["question"] + "\n" + p["answer"] for p in er.make_synthetic(4, 3, seed=3))
-    ids = tok.encode(text)
-    assert er.perplexity(model, ids, window=100, batch_size=4) == pytest.approx(hf_perplexity(hf, ids, 100), rel=1e-4)

@@ -9,8 +9,9 @@ import pytest
 import torch
 import transformers
 
+from conftest import recorder
 from load_weights import load_model
-from model import ConfigError, KVCache, ModelArgs, generate
+from model import ConfigError, ContextError, KVCache, ModelArgs, generate
 
 FAMILIES = ["llama", "qwen2", "qwen3"]
 
@@ -27,17 +28,19 @@ def test_logits_and_hidden_states_match_transformers(tiny_model, family):
     path = tiny_model(family)
     ours, ref = load_model(path), hf_model(path)
     tokens = torch.randint(0, 256, (2, 33), generator=torch.Generator().manual_seed(1))
-    taps = {}
+    taps, tap = recorder()
     with torch.no_grad():
-        logits = ours(tokens, taps=taps)
+        logits = ours(tokens, tap=tap)
         expected = ref(tokens, output_hidden_states=True)
+        final = ours.norm(taps[f"{ours.args.n_layers - 1}.resid"])
     assert logits.shape == (2, 33, 256)
     assert (logits - expected.logits).abs().max() <= 1e-4
     n = ours.args.n_layers
+    assert (taps["0.embed"] - expected.hidden_states[0]).abs().max() == 0  # the embedding output
     for i in range(n - 1):  # HF's hidden_states[i + 1] is block i's output ...
         assert (taps[f"{i}.resid"] - expected.hidden_states[i + 1]).abs().max() <= 1e-4, i
     # ... except the last entry, which HF stores after the final norm
-    assert (taps["final_norm"] - expected.hidden_states[n]).abs().max() <= 1e-4
+    assert (final - expected.hidden_states[n]).abs().max() <= 1e-4
     assert logits.abs().max() > 1.0  # a non-trivial network: the comparison above means something
 
 
@@ -55,16 +58,26 @@ def test_llama3_rope_scaling_matters(tiny_model):
 
 def test_taps_shapes(tiny_model):
     model = load_model(tiny_model("qwen3"))
-    taps = {}
+    taps, tap = recorder()
     with torch.no_grad():
-        model(torch.zeros(2, 5, dtype=torch.long), taps=taps)
+        model(torch.zeros(2, 5, dtype=torch.long), tap=tap)
     a = model.args
     expected = {"norm_in": a.dim, "q": a.n_heads * a.head_dim, "k": a.n_kv_heads * a.head_dim,
-                "v": a.n_kv_heads * a.head_dim, "attn_heads": a.n_heads * a.head_dim, "attn_out": a.dim, "norm_post": a.dim, "gate": a.ffn_dim,
+                "v": a.n_kv_heads * a.head_dim, "attn_heads": a.n_heads * a.head_dim, "attn_out": a.dim,
+                "norm_post": a.dim, "gate": a.ffn_dim,
                 "up": a.ffn_dim, "mlp_out": a.dim, "resid": a.dim}
     for i in range(a.n_layers):
         for name, width in expected.items():
             assert taps[f"{i}.{name}"].shape == (2, 5, width), (i, name)
+    assert taps["0.embed"].shape == (2, 5, a.dim) and len(taps) == 1 + a.n_layers * len(expected)
+
+
+def test_more_positions_than_the_model_has_are_refused(tiny_model):
+    model = load_model(tiny_model("llama"))  # max_position_embeddings 256
+    with pytest.raises(ContextError, match="257 positions"):
+        model(torch.zeros(1, 257, dtype=torch.long))
+    with pytest.raises(ContextError, match="exceeds the model's 256 positions"):
+        generate(model, [[1] * 200], max_new_tokens=57)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -157,6 +170,14 @@ def test_config_errors():
         ModelArgs.from_hf_config(dict(base, rope_parameters={"rope_type": "linear", "rope_theta": 1e4}))
     with pytest.raises(ConfigError, match="sliding-window"):
         ModelArgs.from_hf_config(dict(base, model_type="qwen2", use_sliding_window=True))
+    bad = {"rope_theta": dict(rope_theta=0.0), "rms_norm_eps": dict(rms_norm_eps=-1e-6),
+           "hidden_size": dict(hidden_size=8.0), "rms_norm_eps is": dict(rms_norm_eps=float("nan")),
+           "kv-head groups": dict(num_key_value_heads=3)}
+    for match, override in bad.items():  # nonsense sizes and ranges never make a model
+        with pytest.raises(ConfigError, match=match):
+            ModelArgs.from_hf_config(dict(base, **override))
+    with pytest.raises(ConfigError, match="not an object"):
+        ModelArgs.from_hf_config([base])
 
 
 # ---------------------------------------------------------------------------------------------------------

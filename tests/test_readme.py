@@ -27,19 +27,19 @@ def test_equation_table_rows_point_to_existing_functions_and_tests():
         assert test_name in tests, f"{test_file}::{test_name} (README row {cells[0]!r})"
 
 
-def test_distill_flags_in_readme_exist():
-    source = (ROOT / "distill.py").read_text()
-    flags = set(re.findall(r"distill\.py[^\n]*", README))
-    for line in flags:
-        for flag in re.findall(r"(--[a-z][a-z-]+)", line):
-            assert f'"{flag}"' in source, f"README uses distill.py {flag}, which distill.py does not define"
+def test_flags_in_readme_exist():
+    """Every --flag on a README command line of a tool is defined by that tool (distill.py's flags live in
+    run_config.py and init_select.add_init_arguments)."""
+    sources = {"distill.py": ["run_config.py", "init_select.py"], "init_select.py": ["init_select.py"],
+               "erank.py": ["erank.py"], "eval_reasoning.py": ["eval_reasoning.py"], "data.py": ["data.py"],
+               "student.py": ["student.py"], "scripts/generate.py": ["scripts/generate.py"]}
+    checked = 0
+    for tool, files in sources.items():
+        source = "".join((ROOT / f).read_text() for f in files)
+        for line in re.findall(re.escape(tool) + r"[^\n`]*", README):
+            for flag in re.findall(r"(--[a-z][a-z-]+)", line):
+                assert f'"{flag}"' in source, f"README uses {tool} {flag}, which {tool} does not define"
+                checked += 1
+    assert checked >= 20
 
 
-def test_every_module_docstring_says_what_it_builds_on_and_how_to_run_it():
-    files = [*ROOT.glob("*.py"), *ROOT.glob("bench/*.py"), *ROOT.glob("scripts/*.py"), *ROOT.glob("tests/*.py")]
-    assert len(files) >= 20
-    for path in files:
-        doc = ast.get_docstring(ast.parse(path.read_text())) or ""
-        assert doc.split("\n")[0].strip(), f"{path.name}: no one-line summary"
-        assert "builds on" in doc.lower(), f"{path.relative_to(ROOT)}: docstring does not say what it builds on"
-        assert "run" in doc.lower(), f"{path.relative_to(ROOT)}: docstring does not say how to run it"

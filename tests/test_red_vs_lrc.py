@@ -33,7 +33,7 @@ def experiment(tmp_path_factory):
     out = tmp / "rvl"
     cmd = [sys.executable, "bench/red_vs_lrc.py", "--teacher", teacher, "--width", "32", "--runs", *RUNS,
            "--steps", "3", "--batch-size", "2", "--seq-len", "32", "--corpus-per-step", "10", "--steps-list", "1", "2",
-           "--eval-per-step", "3", "--max-new-tokens", "8", "--erank-tokens", "512", "--out", str(out)]
+           "--eval-per-step", "3", "--max-new-tokens", "8", "--windows", "16", "--out", str(out)]
     result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     return out, teacher, result.stdout
@@ -66,12 +66,16 @@ def test_every_run_and_stage_is_measured_and_written(experiment):
 
 
 def test_the_same_init_gives_the_same_step_0_student(experiment):
-    """lrc and red+gaussian differ only in the loss: at step 0 they are one model; red (selection) is not."""
+    """lrc and red+gaussian differ only in the loss: at step 0 they are one model, made and measured once;
+    red (selection) is not."""
     rows = {(r["model"], r["stage"]): r for r in read_csv(experiment[0] / "results.csv")}
     keys = ["val_ppl", "solution_ppl", "erank_sq", "erank_rv", "acc_1", "acc_2"]
     assert [rows["lrc", "step 0"][k] for k in keys] == [rows["red+gaussian", "step 0"][k] for k in keys]
     assert rows["red", "step 0"]["val_ppl"] != rows["lrc", "step 0"]["val_ppl"]
     assert rows["red", "end"]["val_ppl"] != rows["red", "step 0"]["val_ppl"]  # the end row is the trained one
+    assert sorted(os.listdir(experiment[0] / "inits")) == ["gaussian.json", "gaussian.safetensors",
+                                                           "gaussian.safetensors.log", "select.json",
+                                                           "select.safetensors", "select.safetensors.log"]
 
 
 def test_recorded_numbers_match_a_direct_measurement(experiment, monkeypatch):
@@ -81,12 +85,13 @@ def test_recorded_numbers_match_a_direct_measurement(experiment, monkeypatch):
     bench = importlib.import_module("red_vs_lrc")
     from tokenizer import load_tokenizer
     tok = load_tokenizer(teacher)
-    args = SimpleNamespace(steps_list=[1, 2], seq_len=32, erank_tokens=512, eval_per_step=3)  # the run's flags
-    held = bench.held_out(tok, args)
+    args = SimpleNamespace(steps_list=[1, 2], seq_len=32, windows=16, eval_per_step=3)  # the run's flags
+    windows, problems, eval_sets = bench.held_out(tok, args)
     model = load_model(str(out / "red"))
-    layers = measure_model(model, held.sequences)
+    m = measure_model(model, windows)
     row = next(r for r in read_csv(out / "results.csv") if (r["model"], r["stage"]) == ("red", "end"))
-    assert float(row["erank_sq"]) == pytest.approx(sum(r["erank_sq"] for r in layers) / len(layers), rel=1e-9)
-    assert float(row["val_ppl"]) == pytest.approx(er.perplexity(model, held.ids, window=32), rel=1e-6)
-    res = er.evaluate(model, tok, held.eval_sets[2], max_new_tokens=8 + 24 * 2)
+    assert float(row["erank_sq"]) == pytest.approx(m["erank_sq"], rel=1e-9)
+    assert float(row["val_ppl"]) == pytest.approx(m["ppl"], rel=1e-9)
+    assert float(row["solution_ppl"]) == pytest.approx(er.solution_perplexity(model, tok, problems), rel=1e-9)
+    res = er.evaluate(model, tok, eval_sets[2], max_new_tokens=8 + 24 * 2)
     assert float(row["acc_2"]) == res["accuracy"]

@@ -430,13 +430,13 @@ def test_chat_without_known_template(trained, tmp_path):
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
-    """Run `python tokenizer.py ARGS` as a user would."""
-    return subprocess.run([sys.executable, str(ROOT / "tokenizer.py"), *args], capture_output=True, text=True,
-                          cwd=ROOT)
+    """Run `python scripts/encode.py ARGS` (tokenizer.py's demo CLI) as a user would."""
+    return subprocess.run([sys.executable, str(ROOT / "scripts" / "encode.py"), *args], capture_output=True,
+                          text=True, cwd=ROOT)
 
 
 def test_cli(trained, tmp_path):
-    """`python tokenizer.py` prints ids; user errors give one `error:` line on stderr and exit code 2."""
+    """`python scripts/encode.py` prints ids; user errors give one `error:` line on stderr and exit code 2."""
     ok = run_cli("--model", str(trained["llama3"]), "--chat", "Hello world")
     assert ok.returncode == 0 and "tokens: [0, " in ok.stdout and "<|begin_of_text|> | " in ok.stdout
     (tmp_path / "bare").mkdir()  # a tokenizer without a chat template

@@ -1,0 +1,73 @@
+"""kd_loss.py: each term of the KD loss against an independent formula (torch.distributions' KL, a hand-written
+cross-entropy, the clone terms rebuilt from every recorded activation), and the clone-term selection.
+
+Builds on kd_loss.py, student.py and init_select.py, with conftest.py's tiny models.
+Run as: pytest tests/test_kd_loss.py -q
+"""
+import pytest
+import torch
+
+from conftest import recorder
+from init_select import init_projections
+from kd_loss import CLONE_TERMS, CloneLoss, TeacherTargets, ce_loss, kl_loss
+from load_weights import load_model
+from student import Student
+
+
+@pytest.mark.parametrize("reduction", ["seq_sum", "token_mean"])
+@pytest.mark.parametrize("T", [1.0, 2.5, 40.0])
+def test_kl_matches_torch_distributions(reduction, T):
+    g = torch.Generator().manual_seed(0)
+    s, t = torch.randn(3, 5, 11, generator=g) * 3, torch.randn(3, 5, 11, generator=g) * 3
+    kl = torch.distributions.kl_divergence(torch.distributions.Categorical(logits=t / T),
+                                           torch.distributions.Categorical(logits=s / T))  # (3, 5): KL(t || s)
+    expected = kl.sum() / 3 if reduction == "seq_sum" else kl.mean()
+    assert torch.allclose(kl_loss(s, t, T, reduction), expected, rtol=1e-5)
+
+
+def test_ce_is_next_token_cross_entropy():
+    logits, tokens = torch.randn(2, 6, 7), torch.randint(0, 7, (2, 6))
+    log_p = logits.log_softmax(-1)
+    expected = -torch.stack([log_p[b, i, tokens[b, i + 1]] for b in range(2) for i in range(5)]).mean()
+    assert torch.allclose(ce_loss(logits, tokens), expected, atol=1e-6)
+
+
+def clone_run(tiny_model, terms=CLONE_TERMS):
+    """(teacher, student, projections, clone loss, every teacher activation, every student activation)."""
+    teacher = load_model(tiny_model("qwen2"))
+    proj, norms, _ = init_projections("gaussian", teacher, 32, seed=1)
+    student = Student(teacher, 32, proj, norms)
+    tokens = torch.randint(0, 256, (2, 9))
+    t_all, t_tap = recorder()
+    s_all, s_tap = recorder()
+    with torch.no_grad():
+        targets = TeacherTargets(terms)
+        teacher(tokens, tap=targets.tap)
+        teacher(tokens, tap=t_tap)
+        clone = CloneLoss(targets, teacher, student, terms)
+        student(tokens, tap=clone.tap)
+        student(tokens, tap=s_tap)
+    return teacher, student, proj, clone, t_all, s_all
+
+
+def test_clone_terms_against_hand_built_activations(tiny_model):
+    teacher, _, proj, clone, t_all, s_all = clone_run(tiny_model)
+    mse = lambda a, b: ((a - b) ** 2).mean()
+    for name in ("q", "k", "v", "gate", "up"):
+        expected = sum(mse(s_all[f"{i}.{name}"], t_all[f"{i}.{name}"]) for i in range(2))
+        assert torch.allclose(clone.loss[name], expected, rtol=1e-5), name
+    # attn_out in teacher space: student heads through the teacher's o_proj, against the teacher's attn_out
+    expected = sum(mse(s_all[f"{i}.attn_heads"] @ teacher.layers[i].self_attn.o_proj.weight.T, t_all[f"{i}.attn_out"])
+                   for i in range(2))
+    assert torch.allclose(clone.loss["attn_out"], expected, rtol=1e-5)
+    # mlp_out in student space: the teacher's MLP output through the student's own down projection
+    expected = sum(mse(s_all[f"{i}.mlp_out"], t_all[f"{i}.mlp_out"] @ proj[f"layers.{i}.down"]) for i in range(2))
+    assert torch.allclose(clone.loss["mlp_out"], expected, rtol=1e-5)
+    assert torch.allclose(clone.total(), sum(clone.loss.values()))
+
+
+def test_only_the_chosen_terms_are_recorded_and_summed(tiny_model):
+    _, _, _, clone, _, _ = clone_run(tiny_model, terms=["k", "mlp_out"])
+    assert set(clone.loss) == {"k", "mlp_out"} and {name for _, name in clone.targets} == {"k", "mlp_out"}
+    full = clone_run(tiny_model)[3]
+    assert torch.allclose(clone.total(), full.loss["k"] + full.loss["mlp_out"])
