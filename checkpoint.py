@@ -115,9 +115,16 @@ def holds_run(run_dir: str) -> bool:
     return os.path.isfile(os.path.join(run_dir, "config.json"))
 
 
+_held: dict[str, object] = {}  # run directory -> the open lock file of this process
+
+
 def lock(run_dir: str):
-    """Hold an exclusive lock on the run directory for the life of this process (RunError if another has it)."""
+    """Hold an exclusive lock on the run directory for the life of this process (RunError if another process
+    has it). A lock this process took for an earlier run on the same directory is let go first."""
     os.makedirs(run_dir, exist_ok=True)
+    key = os.path.realpath(run_dir)
+    if key in _held:
+        _held.pop(key).close()
     handle = open(os.path.join(run_dir, "lock"), "w")
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -125,7 +132,14 @@ def lock(run_dir: str):
         handle.close()
         raise RunError(f"{run_dir}: another distill.py is using this run directory - wait for it, or use "
                        "another --out / --run-dir") from None
-    return handle  # keep a reference: the lock lasts as long as the open file
+    _held[key] = handle  # the lock lasts as long as this open file
+    return handle
+
+
+def release():
+    """Let go of every run-directory lock this process holds (distill.main's last act; exiting does it too)."""
+    while _held:
+        _held.popitem()[1].close()
 
 
 def start_afresh(run_dir: str):

@@ -113,11 +113,21 @@ def test_truncate_metrics_keeps_the_steps_up_to_the_checkpoint(tmp_path):
 
 
 def test_a_run_directory_holds_one_process(tmp_path):
-    held = ckpt.lock(str(tmp_path / "run"))
-    with pytest.raises(ckpt.RunError, match="another distill.py is using this run directory"):
-        ckpt.lock(str(tmp_path / "run"))
-    held.close()
-    ckpt.lock(str(tmp_path / "run")).close()  # free again once the first process is gone
+    import subprocess
+    import sys
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; sys.path.insert(0, sys.argv[1]); "
+                               "import checkpoint; checkpoint.lock(sys.argv[2]); print('locked', flush=True); "
+                               "time.sleep(60)", os.path.dirname(os.path.dirname(__file__)), str(tmp_path / "run")],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(ckpt.RunError, match="another distill.py is using this run directory"):
+            ckpt.lock(str(tmp_path / "run"))
+    finally:
+        holder.kill()
+        holder.wait()
+    ckpt.lock(str(tmp_path / "run"))  # free again once the other process is gone
+    ckpt.release()
 
 
 def test_a_damaged_checkpoint_is_one_line(tiny_model, tmp_path):
