@@ -49,7 +49,7 @@ from checkpoint import RunError
 from data import Batches, held_out, load_sources
 from erank import measure_model, spectrum_summary
 from init_select import InitError, init_projections, read_init
-from kd_loss import CloneLoss, TeacherTargets, ce_loss, kl_loss
+from kd_loss import CloneLoss, TeacherTargets, ce_loss, kl_loss, orthogonality_penalty
 from load_weights import LoadError, fingerprint, load_model, read_config, save_model
 from model import ContextError
 from run_config import Config, flag_parser, resolve_config
@@ -95,6 +95,13 @@ def train_step(student: Student, teacher, micro_batches: list, cfg: Config, auto
         for name, value in {"loss": loss, **terms, **clone.loss}.items():
             logs[name] = logs.get(name, 0.0) + float(torch.as_tensor(value).detach()) * tokens.numel() / step_tokens
     backward_through(student, leaves)  # d loss / d P, one pass through the materialisation
+    if cfg.orth_reg:  # the baseline that asks a random init to stay orthogonal (its gradient in closed form)
+        logs["orth"] = 0.0
+        for P in (p for p in student.parameters() if p.dim() == 2):
+            value, grad = orthogonality_penalty(P)
+            P.grad.add_(cfg.orth_reg * grad.to(P.grad.dtype))
+            logs["orth"] += value.item()
+        logs["loss"] += cfg.orth_reg * logs["orth"]
     return logs
 
 
@@ -306,11 +313,12 @@ def finish(run: Run):
             res = er.evaluate(model, run.tok, items, chat=prompt == "chat", max_new_tokens=256, batch_size=16)
             rows[name]["acc"] = f"{res['accuracy']:.2f} [{res['lo']:.2f}, {res['hi']:.2f}]"
     per_source = [k for k in rows["teacher"] if k.startswith("val_ppl/")]
+    accuracy = lambda text: f" {text:>17s}" if cfg.eval_problems else ""
     log(f"\n{'':8s} {'params':>8s} {'val ppl':>9s} " + "".join(f"{k[8:][:14]:>15s}" for k in per_source) +
-        f" {'eRank(sq)':>9s} {'2-step accuracy':>17s}")
+        f" {'eRank(sq)':>9s}" + accuracy("2-step accuracy"))
     for name, r in rows.items():
         log(f"{name:8s} {params[name] / 1e6:7.1f}M {r['val_ppl']:9.2f} " + "".join(f"{r[k]:15.2f}" for k in per_source)
-            + f" {r['erank']:9.1f} {r.get('acc', '-'):>17s}")
+            + f" {r['erank']:9.1f}" + accuracy(r.get("acc", "")))
     log(f"perplexity and eRank on {len(run.val[0])} held-out windows of {cfg.seq_len} tokens"
         + (f"; accuracy: greedy, {cfg.eval_problems} synthetic 2-step problems, {prompt} prompt, 95% CI"
            if cfg.eval_problems else ""))
@@ -319,10 +327,13 @@ def finish(run: Run):
 
 def main(argv=None):
     given = vars(cli.parse_args(flag_parser(), argv))
-    with cli.user_errors(*USER_ERRORS):
-        run = setup(given)
-        train(run)
-        finish(run)
+    try:
+        with cli.user_errors(*USER_ERRORS):
+            run = setup(given)
+            train(run)
+            finish(run)
+    finally:
+        ckpt.release()
     if dist.is_initialized():
         dist.destroy_process_group()
 

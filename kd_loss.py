@@ -1,6 +1,7 @@
 """The knowledge-distillation loss of Low-Rank Clone, one function per term (METHOD §2.3):
 
     loss = CE(student) + KL(teacher || student at temperature T) + alpha * sum_layers sum_terms MSE_term
+           [+ lambda * sum_P ||P^T P - I||_F^2, the orthogonal-regularisation baseline, off by default]
 
 The clone terms compare activations as LRC's code does: q, k, v, gate, up as they are (the student's heads
 and FFN are the teacher's size); attn_out in teacher space (the student's attention heads through the
@@ -41,6 +42,14 @@ def ce_loss(student_logits, tokens) -> torch.Tensor:
 def clone_mse(student_act, teacher_act) -> torch.Tensor:
     """Activation-clone term: mean squared error over all elements (nn.MSELoss), fp32."""
     return (student_act.float() - teacher_act.float()).pow(2).mean()
+
+
+def orthogonality_penalty(P: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(||P^T P - I||_F^2, its gradient 4 P (P^T P - I)) for a projection P (D_t, W), in fp32: the orthogonal
+    regularisation baseline of RED's init ablation (METHOD §3.7), added to the loss times --orth-reg lambda."""
+    P = P.detach().float()
+    E = P.T @ P - torch.eye(P.shape[1], device=P.device)  # (W, W)
+    return E.pow(2).sum(), 4 * P @ E                     # scalar, (D_t, W)
 
 
 class TeacherTargets:

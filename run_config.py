@@ -43,6 +43,7 @@ class Config:
     kl_reduction: str = "seq_sum"
     alpha: float = 0.2
     clone_terms: list = field(default_factory=lambda: list(CLONE_TERMS))
+    orth_reg: float = 0.0             # lambda of the orthogonal-regularisation baseline (0: off)
     steps: int = 1000
     batch_size: int = 8               # windows per micro-batch, all ranks together
     grad_accum: int = 1
@@ -82,6 +83,8 @@ def flag_parser() -> argparse.ArgumentParser:
     add("--kl-reduction", choices=KL_REDUCTIONS, help="seq_sum (LRC's code, default) or token_mean")
     add("--alpha", type=cli.float_in(0), help="weight of the clone MSE terms (default 0.2)")
     add("--clone-terms", type=clone_terms, help="comma-separated subset of " + ",".join(CLONE_TERMS))
+    add("--orth-reg", type=cli.float_in(0), help="lambda of the penalty lambda * sum ||P^T P - I||_F^2 on every "
+                                                 "projection (RED's orthogonal-regularisation baseline; default 0)")
     add("--steps", type=cli.int_at_least(0), help="optimizer steps (default 1000; 0: write the step-0 student)")
     add("--batch-size", type=cli.int_at_least(1), help="windows per micro-batch, all ranks together (default 8)")
     add("--grad-accum", type=cli.int_at_least(1), help="micro-batches per optimizer step (default 1)")

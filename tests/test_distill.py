@@ -89,6 +89,28 @@ def test_materialise_once_equals_per_micro_batch(tiny_model):
     assert max(p.grad.abs().max() for p in ref.parameters()) > 1e-3  # gradients are not trivially zero
 
 
+def test_orth_reg_adds_the_penalty_gradient_to_every_projection(tiny_model):
+    teacher = load_model(tiny_model("llama"))
+    micro = [torch.randint(0, 256, (2, 12), generator=torch.Generator().manual_seed(0))]
+    proj, norms, _ = init_projections("gaussian", teacher, 32, seed=0)
+    plain, regular = Student(teacher, 32, proj, norms), Student(teacher, 32, proj, norms)
+    off = distill.train_step(plain, teacher, micro, Config(), torch.autocast("cpu", enabled=False), vocab_size=256)
+    on = distill.train_step(regular, teacher, micro, Config(orth_reg=0.5), torch.autocast("cpu", enabled=False),
+                            vocab_size=256)
+    penalty = 0.0
+    for (name, a), b in zip(regular.named_parameters(), plain.parameters()):
+        if a.dim() == 2:  # a projection: the difference is lambda * d||P^T P - I||^2 / dP, by autograd
+            Q = b.detach().clone().requires_grad_(True)
+            value = (Q.T @ Q - torch.eye(Q.shape[1])).pow(2).sum()
+            value.backward()
+            penalty += value.item()
+            torch.testing.assert_close(a.grad - b.grad, 0.5 * Q.grad, rtol=1e-4, atol=1e-5, msg=name)
+        else:
+            assert torch.equal(a.grad, b.grad), name  # norm gains: untouched
+    assert on["orth"] == pytest.approx(penalty, rel=1e-5) and penalty > 1
+    assert on["loss"] == pytest.approx(off["loss"] + 0.5 * penalty, rel=1e-5)
+
+
 def test_lr_schedule():
     lrs = [distill.get_lr(s, lr=1.0, warmup=4, steps=20) for s in range(20)]
     assert lrs[:4] == [0.25, 0.5, 0.75, 1.0] and lrs[4] == 1.0 and lrs[-1] == pytest.approx(1 / 16)
@@ -387,3 +409,26 @@ def test_existing_runs_are_never_silently_replaced(tiny_teacher, corpus, tmp_pat
     refused = run_distill(*small_run(teacher_dir, corpus, not_a_model, "--steps", 1, "--overwrite"), check=False)
     assert refused.returncode == 2 and "is not a checkpoint directory" in refused.stderr
     assert (not_a_model / "thesis.txt").read_text() == "years of work"
+
+
+def test_a_full_disk_is_one_line_and_keeps_the_last_checkpoint(tiny_teacher, corpus, tmp_path, capsys, monkeypatch):
+    import errno
+    teacher_dir = tiny_teacher("llama")
+    real_save = ckpt.save_file
+
+    def disk_fills_up(tensors, path):
+        if "checkpoint-00000004" in path:  # the second checkpoint of the run
+            raise OSError(errno.ENOSPC, "No space left on device", path)
+        real_save(tensors, path)
+    monkeypatch.setattr(ckpt, "save_file", disk_fills_up)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_:
+        distill.main(list(map(str, small_run(teacher_dir, corpus, tmp_path / "full", "--steps", 6, "--ckpt-every", 2))))
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert exit_.value.code == 2 and lines[-1].startswith("error: ") and "No space left on device" in lines[-1]
+    assert "free some space" in lines[-1] and not any("Traceback" in line for line in lines)
+    run_dir = str(tmp_path / "full") + ".run"
+    assert ckpt.latest_checkpoint(run_dir).endswith("checkpoint-00000002")  # the last good one, complete
+    monkeypatch.setattr(ckpt, "save_file", real_save)
+    run_distill(*small_run(teacher_dir, corpus, tmp_path / "full", "--steps", 6, "--ckpt-every", 2), "--resume")
+    assert ckpt.latest_checkpoint(run_dir).endswith("checkpoint-00000006")

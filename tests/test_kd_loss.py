@@ -9,7 +9,7 @@ import torch
 
 from conftest import recorder
 from init_select import init_projections
-from kd_loss import CLONE_TERMS, CloneLoss, TeacherTargets, ce_loss, kl_loss
+from kd_loss import CLONE_TERMS, CloneLoss, TeacherTargets, ce_loss, kl_loss, orthogonality_penalty
 from load_weights import load_model
 from student import Student
 
@@ -71,3 +71,17 @@ def test_only_the_chosen_terms_are_recorded_and_summed(tiny_model):
     assert set(clone.loss) == {"k", "mlp_out"} and {name for _, name in clone.targets} == {"k", "mlp_out"}
     full = clone_run(tiny_model)[3]
     assert torch.allclose(clone.total(), full.loss["k"] + full.loss["mlp_out"])
+
+
+def test_orthogonality_penalty_gradient_equals_autograds():
+    P = torch.randn(40, 12, generator=torch.Generator().manual_seed(3), dtype=torch.float64) * 0.2
+    value, grad = orthogonality_penalty(P)
+    Q = P.clone().requires_grad_(True)
+    expected = (Q.T @ Q - torch.eye(12, dtype=torch.float64)).pow(2).sum()
+    expected.backward()
+    assert value.item() == pytest.approx(expected.item(), rel=1e-6)
+    torch.testing.assert_close(grad.double(), Q.grad, rtol=1e-5, atol=1e-6)
+    S = torch.zeros(40, 12)
+    S[torch.arange(12) * 3, torch.arange(12)] = 1.0  # a selection matrix is exactly orthogonal: no penalty
+    value, grad = orthogonality_penalty(S)
+    assert value.item() == 0.0 and grad.abs().max().item() == 0.0
