@@ -1,11 +1,10 @@
 """The paper's experiment in miniature: RED (channel-selection init) vs LRC (Gaussian init) at equal budget.
 
-One teacher, one student width, one data file and one token budget for every arm:
-    red            --preset red  (select init, KL temperature 1)          RED
-    lrc            --preset lrc  (gaussian init, KL temperature 40)       Low-Rank Clone
-    red+gaussian   --preset red --init gaussian    \
-    red+orthogonal --preset red --init orthogonal   }  the init ablation under the red loss
-    red+pca        --preset red --init pca         /   (red itself is the "select" row)
+One teacher, one student width, one data file and one token budget for every arm (RUNS); `--arms` picks a set:
+    paper    red (select, T = 1), lrc (gaussian, T = 40), and gaussian / orthogonal / pca inits under the red loss
+    table6   RED's Table 6: {select, gaussian} x {T = 1, T = 40}: are both the init and T = 1 needed?
+    table7   RED's Table 7 under the red loss: gaussian, gaussian + orthogonal regularisation
+             (lambda ||P^T P - I||_F^2, --orth-reg), random orthogonal, selection
 Every distinct init is made once, by init_select.py, as an init file (lrc and red+gaussian share theirs); each
 arm is then a real `distill.py --init FILE` run. The teacher, every step-0 student (once per init file) and
 every trained student are measured the same way on the same held-out data: perplexity and per-layer residual
@@ -46,12 +45,19 @@ from scripts.example_teacher import build_example_teacher  # noqa: E402
 from student import default_width  # noqa: E402
 from tokenizer import load_tokenizer  # noqa: E402
 
-RUNS = {  # name -> (init kind, extra distill.py flags)
-    "red": ("select", ["--preset", "red"]),
-    "lrc": ("gaussian", ["--preset", "lrc"]),
-    "red+gaussian": ("gaussian", ["--preset", "red"]),
-    "red+orthogonal": ("orthogonal", ["--preset", "red"]),
-    "red+pca": ("pca", ["--preset", "red"]),
+RUNS = {  # arm -> (init kind, extra distill.py flags); every arm sees the same data, budget and evaluation
+    "red": ("select", ["--preset", "red"]),                                # selection, T = 1: RED
+    "lrc": ("gaussian", ["--preset", "lrc"]),                              # Gaussian, T = 40: LRC
+    "red+gaussian": ("gaussian", ["--preset", "red"]),                     # Gaussian under the red loss (T = 1)
+    "red+orthogonal": ("orthogonal", ["--preset", "red"]),                 # random orthogonal, T = 1
+    "red+pca": ("pca", ["--preset", "red"]),                               # teacher-aligned rotation, T = 1
+    "select@T40": ("select", ["--preset", "red", "--kl-temperature", "40"]),  # selection under LRC's T
+    "red+orthreg": ("gaussian", ["--preset", "red", "--orth-reg", "ORTH_REG"]),  # Gaussian + lambda ||P^T P - I||^2
+}
+ARM_SETS = {  # --arms: which question a run answers
+    "paper": ["red", "lrc", "red+gaussian", "red+orthogonal", "red+pca"],   # RED vs LRC, and the init ablation
+    "table6": ["red", "select@T40", "red+gaussian", "lrc"],                  # init x temperature (RED's Table 6)
+    "table7": ["red+gaussian", "red+orthreg", "red+orthogonal", "red"],     # the init ablation of RED's Table 7
 }
 
 
@@ -126,7 +132,9 @@ def write_tables(args, rows: list[dict], layer_rows: list[dict]):
             *[f"acc {k}-step" for k in args.steps_list], "train min"]
     teacher = os.path.basename(os.path.normpath(args.teacher))
     lines = [f"{teacher} -> width {args.width}; {args.steps} steps x {args.batch_size} x {args.seq_len} tokens "
-             f"per run, lr {args.lr:g}; accuracy on {args.eval_per_step} problems per step count", "",
+             f"per run, lr {args.lr:g}; accuracy on {args.eval_per_step} problems per step count; arms "
+             + ", ".join(f"{n} = {RUNS[n][0]} init {' '.join(RUNS[n][1])}".replace("ORTH_REG", f"{args.orth_reg:g}")
+                         for n in args.runs), "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         accs = [f"{r[c]:.2f} [{r[c + '_lo']:.2f}, {r[c + '_hi']:.2f}]" for c in acc_cols]
@@ -183,7 +191,10 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--teacher", help="teacher HF directory (default: the example teacher, SmolLM2-135M)")
     parser.add_argument("--width", type=int, help="student width (default: half the teacher's, heads-aligned)")
-    parser.add_argument("--runs", nargs="+", default=list(RUNS), choices=list(RUNS))
+    parser.add_argument("--arms", choices=list(ARM_SETS), default="paper", help="the arm set: paper (RED vs LRC "
+                        "and the init ablation), table6 (init x temperature), table7 (Table 7's init ablation)")
+    parser.add_argument("--runs", nargs="+", choices=list(RUNS), help="these arms instead of an --arms set")
+    parser.add_argument("--orth-reg", type=float, default=1e-3, help="lambda of the red+orthreg arm")
     parser.add_argument("--steps", type=int, default=60, help="distillation steps per run (equal budgets)")
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--seq-len", type=int, default=128)
@@ -200,6 +211,7 @@ def main():
     parser.add_argument("--out", default="out/red_vs_lrc")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
+    args.runs = args.runs or ARM_SETS[args.arms]
     torch.manual_seed(args.seed)
     args.teacher = args.teacher or build_example_teacher()
     with cli.user_errors():  # the experiment writes only under --out, never over the teacher or the data
@@ -231,6 +243,7 @@ def main():
     inits, step0 = {}, {}  # init kind -> init file, and its step-0 row (measured once)
     for name in args.runs:
         kind, flags = RUNS[name]
+        flags = [str(args.orth_reg) if f == "ORTH_REG" else f for f in flags]
         if kind not in inits:
             inits[kind] = make_init(args, kind)
             student, _ = read_init(inits[kind], teacher, fingerprint(args.teacher))

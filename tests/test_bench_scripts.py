@@ -1,0 +1,65 @@
+"""The instrument scripts under bench/ end to end on a tiny teacher: importance.py (selection overlaps and step-0
+students), plot_runs.py (eRank and projection spectra over a real distill.py run) and proxy_theory.py (the
+autoencoder from three inits); each prints its table and, with matplotlib, writes its picture.
+
+Builds on bench/importance.py, bench/plot_runs.py, bench/proxy_theory.py and distill.py, with conftest.py's
+tiny teacher.
+Run as: pytest tests/test_bench_scripts.py -q
+"""
+import csv
+import importlib.util
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+HAVE_MPL = importlib.util.find_spec("matplotlib") is not None
+
+
+def run(*args):
+    result = subprocess.run([sys.executable, *map(str, args)], cwd=ROOT, capture_output=True, text=True,
+                            env=dict(os.environ, OMP_NUM_THREADS="1"))
+    return result
+
+
+@pytest.fixture(scope="module")
+def teacher(tmp_path_factory):
+    from conftest import make_tiny_teacher
+    return make_tiny_teacher(tmp_path_factory.mktemp("bench") / "teacher")
+
+
+def test_importance_reports_overlaps_and_step0_students(teacher):
+    result = run("bench/importance.py", "--teacher", teacher, "--width", 32, "--data", "problems:300", "--seq-len",
+                 32, "--n-calib", 4, "--held-out", 2)
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = [line for line in result.stdout.splitlines() if line.startswith("| ")]
+    assert rows[1].startswith("| teacher") and rows[2].startswith("| red | 100.0% |") and len(rows) == 9
+    assert rows[-1].startswith("| gaussian (LRC)")
+
+
+def test_plot_runs_reads_a_distill_run(teacher, tmp_path):
+    out = tmp_path / "s"
+    done = run("distill.py", "--teacher", teacher, "--width", 32, "--data", "problems:300", "--seq-len", 32,
+               "--batch-size", 4, "--n-calib", 4, "--steps", 4, "--eval-every", 2, "--eval-problems", 0, "--out", out)
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = run("bench/plot_runs.py", str(out) + ".run", "--out", tmp_path / "runs.png")
+    table = [line.split() for line in result.stdout.splitlines() if line.startswith("s ")]
+    assert [int(r[1]) for r in table] == [0, 2, 4]  # step 0 and every validation
+    assert float(table[0][3]) == 1.0 and float(table[0][4]) == pytest.approx(1.0)  # selection: an even spectrum
+    assert (result.returncode == 0) == HAVE_MPL and (tmp_path / "runs.png").exists() == HAVE_MPL
+
+
+def test_proxy_theory_runs_three_inits(teacher, tmp_path):
+    result = run("bench/proxy_theory.py", "--teacher", teacher, "--data", "problems:300", "--rows", 400,
+                 "--width", 16, "--steps", 60, "--seq-len", 64, "--out", tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    table = (tmp_path / "proxy.md").read_text().splitlines()
+    rows = {line.split("|")[1].strip(): line for line in table if line.startswith("| ") and "init" not in line}
+    assert set(rows) == {"gaussian", "orthogonal", "selection"}
+    with open(tmp_path / "proxy.csv") as f:
+        start = {r["init"]: r for r in csv.DictReader(f) if r["step"] == "0"}
+    assert float(start["selection"]["sv_max"]) == pytest.approx(1.0) == float(start["selection"]["sv_min"])
+    assert float(start["gaussian"]["sv_max"]) > 2 * float(start["gaussian"]["sv_min"])  # spread from the start
+    assert (tmp_path / "proxy.png").exists() == HAVE_MPL
