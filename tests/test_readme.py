@@ -1,4 +1,4 @@
-"""The README's equation table points at tests that exist, and its commands name real flags.
+"""The README's equation table points at tests that exist, its commands name real flags, the files it names exist.
 
 Builds on README.md and the files it names.
 Run as: pytest tests/test_readme.py -q
@@ -43,3 +43,10 @@ def test_flags_in_readme_exist():
     assert checked >= 20
 
 
+
+
+def test_pictures_and_scripts_the_readme_names_exist():
+    named = set(re.findall(r"\b((?:docs|bench|scripts)/[\w.-]+\.(?:png|py|md))", README))
+    assert len(named) >= 10
+    for path in named:
+        assert (ROOT / path).is_file(), f"README names {path}, which is not in the repository"
