@@ -49,13 +49,13 @@ from checkpoint import RunError
 from data import Batches, held_out, load_sources
 from erank import measure_model, spectrum_summary
 from init_select import InitError, init_projections, read_init
-from kd_loss import CloneLoss, TeacherTargets, ce_loss, kl_loss, orthogonality_penalty
+from kd_loss import CloneLoss, TeacherTargets, ce_loss, chunked_ce_kl, kl_loss, orthogonality_penalty
 from load_weights import LoadError, fingerprint, load_model, read_config, save_model
 from model import ContextError
 from run_config import Config, flag_parser, resolve_config
 from sources import DataError, parse_spec
 from student import (Student, StudentError, all_reduce_grads, backward_through, check_width, leaf_copies,
-                     shard_teacher, state_shapes)
+                     shard_teacher, state_shapes, unsharded)
 from tokenizer import TokenizerError, load_tokenizer
 
 USER_ERRORS = (RunError, LoadError, TokenizerError, DataError, StudentError, InitError, ContextError)
@@ -80,16 +80,25 @@ def train_step(student: Student, teacher, micro_batches: list, cfg: Config, auto
         # NOTE: no_grad, not inference_mode: inference tensors cannot be saved for the backward of the
         # clone terms (the mlp_out target is teacher output @ P_down, whose gradient needs that output).
         targets = TeacherTargets(cfg.clone_terms)
+        chunked = cfg.kd_chunk > 0  # the models stop at their final hidden states; the loss applies the heads
         with torch.no_grad(), autocast:
-            t_logits = teacher(tokens, tap=targets.tap)
+            t_out = teacher(tokens, tap=targets.tap, head=not chunked)
         clone = CloneLoss(targets, teacher, student, cfg.clone_terms)
         with autocast:
-            s_logits = student(tokens, tap=clone.tap, weights=leaves)
+            s_out = student(tokens, tap=clone.tap, weights=leaves, head=not chunked)
         # Qwen pads the embedding beyond the tokenizer's vocab: those rows are never real tokens (torchtune #2598)
-        s_logits, t_logits = s_logits[..., :vocab_size], t_logits[..., :vocab_size]
-        terms = {"ce": ce_loss(s_logits, tokens), "kl": kl_loss(s_logits, t_logits, cfg.kl_temperature,
-                                                                cfg.kl_reduction), "clone": clone.total()}
-        loss = terms["ce"] + terms["kl"] + cfg.alpha * terms["clone"]
+        if chunked:
+            with torch.no_grad():
+                t_head = unsharded(teacher.head_weight())[:vocab_size]            # (V, D_t)
+            s_head = leaves.get("lm_head.weight", leaves["embed_tokens.weight"])[:vocab_size]  # (V, W)
+            kd, ce, kl = chunked_ce_kl(s_out, s_head, t_out, t_head, tokens, cfg.kl_temperature,
+                                       cfg.kl_reduction, cfg.kd_chunk)
+        else:
+            s_logits, t_logits = s_out[..., :vocab_size], t_out[..., :vocab_size]
+            ce, kl = ce_loss(s_logits, tokens), kl_loss(s_logits, t_logits, cfg.kl_temperature, cfg.kl_reduction)
+            kd = ce + kl
+        terms = {"ce": ce, "kl": kl, "clone": clone.total()}
+        loss = kd + cfg.alpha * terms["clone"]
         # gradient accumulation normalised by token count: the step's loss is a token-weighted mean
         (loss * tokens.numel() / step_tokens).backward()
         for name, value in {"loss": loss, **terms, **clone.loss}.items():

@@ -9,6 +9,9 @@ TEACHER's o_proj, against the teacher's o_proj output); mlp_out in student space
 through the student's own down projection P_down, LRC's "alignment-free" lemma). The teacher's activations
 are recorded by one tap (`TeacherTargets.tap`) and the student's tap (`CloneLoss.tap`) turns each of its
 activations into its term the moment the forward computes it, so no activation is held longer than needed.
+CE and KL come either from the full logits (`ce_loss`, `kl_loss`) or, distill.py's default, from the final
+hidden states and the LM heads a chunk of tokens at a time (`chunked_ce_kl`), which never holds a (tokens,
+vocab) tensor of either model and gives the same loss and gradients.
 
 Builds on student.py (the projections P_down, unsharded teacher weights) and model.py's taps.
 Run as: imported by distill.py (tests/test_kd_loss.py checks each term against an independent formula).
@@ -37,6 +40,73 @@ def ce_loss(student_logits, tokens) -> torch.Tensor:
     """Next-token cross-entropy of the student, mean over the B*(T-1) predicted tokens (fp32)."""
     V = student_logits.shape[-1]
     return F.cross_entropy(student_logits[:, :-1].reshape(-1, V).float(), tokens[:, 1:].reshape(-1))
+
+
+def next_token_targets(tokens: torch.Tensor) -> torch.Tensor:
+    """(B, T) -> (B * T,): the token each position predicts, -1 at a sequence's last position (nothing to predict)."""
+    return torch.cat([tokens[:, 1:], torch.full_like(tokens[:, :1], -1)], dim=1).reshape(-1)
+
+
+class ChunkedLogitLoss(torch.autograd.Function):
+    """CE + KL(T) from the final hidden states and the two LM heads, a chunk of tokens at a time, so that
+    neither model's (tokens, vocab) logits ever exist whole. Equal to ce_loss + kl_loss on the full logits.
+
+    Per chunk (n tokens), with s = h_s W_s^T and t = h_t W_t^T (n, V) in fp32, q = softmax(s / T),
+    p = softmax(t / T), q1 = softmax(s):
+        dKL/ds = (q - p) / T / kl_norm        dCE/ds = (q1 - onehot(y)) / n_ce  (rows with a target)
+    and the gradients of the loss w.r.t. h_s (n, W) and W_s (V, W) are g W_s and g^T h_s, g = dL/ds. They are
+    computed in the forward pass (as Liger's fused linear cross-entropy does), so the backward pass only scales
+    them: the peak is a few (chunk, V) fp32 tensors plus one (V, W) gradient."""
+
+    @staticmethod
+    def forward(ctx, h_s, head_s, h_t, head_t, targets, temperature: float, kl_norm: float, chunk: int):
+        # the matmuls run in the models' precision (bf16 under autocast), the softmaxes in fp32
+        h_s, W_s = h_s.to(torch.promote_types(h_s.dtype, head_s.dtype)), head_s.to(h_s.dtype)  # (N, W), (V, W)
+        h_t, W_t = h_t.to(torch.promote_types(h_t.dtype, head_t.dtype)), head_t.to(h_t.dtype)  # (N, D), (V, D)
+        grad_h = torch.empty(h_s.shape, dtype=torch.float32, device=h_s.device)  # (N, W)
+        grad_head = torch.zeros(W_s.shape, dtype=torch.float32, device=W_s.device)  # (V, W)
+        n_ce = max(1, int((targets >= 0).sum()))                 # predicted tokens (B * (T - 1))
+        ce_sum = kl_sum = torch.zeros((), device=h_s.device)
+        for i in range(0, h_s.shape[0], chunk):
+            hs, y = h_s[i:i + chunk], targets[i:i + chunk]       # (n, W), (n,)
+            s = (hs @ W_s.T).float()                             # (n, V) student logits
+            log_p = F.log_softmax((h_t[i:i + chunk] @ W_t.T).float() / temperature, dim=-1)  # (n, V) teacher
+            log_q = F.log_softmax(s / temperature, dim=-1)       # (n, V)
+            p = log_p.exp()
+            kl_sum = kl_sum + (p * (log_p - log_q)).sum()
+            g = log_q.exp_().sub_(p).div_(temperature * kl_norm)  # dKL/ds; log_q's memory reused
+            del p, log_p
+            log_q1 = F.log_softmax(s, dim=-1)                    # (n, V) at T = 1, for the CE
+            del s
+            valid = (y >= 0).float()[:, None]                    # (n, 1): 0 at a sequence's last position
+            y = y.clamp_min(0)[:, None]                          # (n, 1)
+            ce_sum = ce_sum - (log_q1.gather(1, y) * valid).sum()
+            q1 = log_q1.exp_().scatter_add_(1, y, -valid)        # softmax(s) - onehot(y)
+            g.addcmul_(q1, valid, value=1.0 / n_ce)              # + dCE/ds on the rows that predict a token
+            del q1, log_q1
+            grad_h[i:i + chunk] = g.to(W_s.dtype) @ W_s          # (n, W)
+            grad_head += (g.T.to(hs.dtype) @ hs).float()         # (V, W)
+        ctx.save_for_backward(grad_h, grad_head)
+        ctx.dtypes = h_s.dtype, head_s.dtype
+        ce, kl = ce_sum / n_ce, kl_sum / kl_norm
+        ctx.mark_non_differentiable(ce, kl)
+        return ce + kl, ce, kl
+
+    @staticmethod
+    def backward(ctx, grad_loss, _grad_ce, _grad_kl):
+        grad_h, grad_head = ctx.saved_tensors
+        return ((grad_h * grad_loss).to(ctx.dtypes[0]), (grad_head * grad_loss).to(ctx.dtypes[1]),
+                None, None, None, None, None, None)
+
+
+def chunked_ce_kl(h_s, head_s, h_t, head_t, tokens, temperature: float, reduction: str, chunk: int):
+    """(CE + KL, CE, KL) as ce_loss and kl_loss give them, without the full logits: h_s (B, T, W) and h_t
+    (B, T, D) are the final-normed hidden states, head_s (V, W) and head_t (V, D) the LM heads (cut to the
+    tokenizer's vocabulary by the caller), `chunk` tokens at a time. Only CE + KL carries gradients."""
+    B, T = tokens.shape
+    kl_norm = float(B if reduction == "seq_sum" else B * T)
+    return ChunkedLogitLoss.apply(h_s.reshape(B * T, -1), head_s, h_t.reshape(B * T, -1), head_t,
+                                  next_token_targets(tokens), temperature, kl_norm, chunk)
 
 
 def clone_mse(student_act, teacher_act) -> torch.Tensor:

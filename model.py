@@ -341,8 +341,9 @@ class Transformer(nn.Module):
         self.register_buffer("inv_freq", rope_inv_freq(args), persistent=False)
 
     def forward(self, tokens: torch.Tensor, *, cache: KVCache | None = None, tap: Tap | None = None,
-                pad: torch.Tensor | None = None, last_only: bool = False) -> torch.Tensor:
-        """tokens (B, T) -> logits (B, T, V) (or (B, 1, V) with last_only). `pad` (B,): left-padding counts."""
+                pad: torch.Tensor | None = None, last_only: bool = False, head: bool = True) -> torch.Tensor:
+        """tokens (B, T) -> logits (B, T, V) (or (B, 1, V) with last_only). `pad` (B,): left-padding counts.
+        head=False: the final-normed hidden states (B, T, D) instead, for a loss that applies the LM head itself."""
         B, T = tokens.shape
         start = cache.pos if cache is not None else 0
         if start + T > self.args.max_seq_len:
@@ -363,8 +364,13 @@ class Transformer(nn.Module):
         if last_only:
             x = x[:, -1:]
         x = self.norm(x)
-        head = self.embed_tokens.weight if self.lm_head is None else self.lm_head.weight  # (V, D)
-        return F.linear(x, head)  # (B, T, V)
+        if not head:
+            return x  # (B, T, D)
+        return F.linear(x, self.head_weight())  # (B, T, V)
+
+    def head_weight(self) -> torch.Tensor:
+        """The LM head (V, D): the embedding when the model ties them."""
+        return self.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -24,7 +24,7 @@ from student import default_width
 
 PRESETS = {"red": dict(init="select", importance="red", kl_temperature=1.0, alpha=0.2),
            "lrc": dict(init="gaussian", kl_temperature=40.0, alpha=0.2)}
-MAY_CHANGE = ("steps", "eval_every", "ckpt_every", "eval_problems", "device", "out")  # on --resume
+MAY_CHANGE = ("steps", "eval_every", "ckpt_every", "eval_problems", "device", "kd_chunk", "out")  # on --resume
 
 
 @dataclass
@@ -44,6 +44,7 @@ class Config:
     alpha: float = 0.2
     clone_terms: list = field(default_factory=lambda: list(CLONE_TERMS))
     orth_reg: float = 0.0             # lambda of the orthogonal-regularisation baseline (0: off)
+    kd_chunk: int = 1024              # tokens per chunk of the CE + KL (0: the full logits at once)
     steps: int = 1000
     batch_size: int = 8               # windows per micro-batch, all ranks together
     grad_accum: int = 1
@@ -85,6 +86,8 @@ def flag_parser() -> argparse.ArgumentParser:
     add("--clone-terms", type=clone_terms, help="comma-separated subset of " + ",".join(CLONE_TERMS))
     add("--orth-reg", type=cli.float_in(0), help="lambda of the penalty lambda * sum ||P^T P - I||_F^2 on every "
                                                  "projection (RED's orthogonal-regularisation baseline; default 0)")
+    add("--kd-chunk", type=cli.int_at_least(0), help="tokens per chunk of the CE + KL, computed from the LM heads "
+                                                     "without the full logits (default 1024; 0: full logits)")
     add("--steps", type=cli.int_at_least(0), help="optimizer steps (default 1000; 0: write the step-0 student)")
     add("--batch-size", type=cli.int_at_least(1), help="windows per micro-batch, all ranks together (default 8)")
     add("--grad-accum", type=cli.int_at_least(1), help="micro-batches per optimizer step (default 1)")
