@@ -5,8 +5,10 @@ teacher and student forward per micro-batch, the KD loss, backward, one backward
 plus AdamW. Its parts are timed by calling the same library functions on their own: the materialisation
 (student.materialize) and the teacher forward with its clone-target tap; the rest of the step is the student's
 forward and backward and the backward through the materialisation. Tokens per step are fixed (--batch x
---seq-len); one micro-batch and --accum micro-batches are run side by side. The FLOP rate is compared with a
-plain torch.mm of the same dtype measured in the same process.
+--seq-len); one micro-batch and --accum micro-batches, each with the KD loss on the full logits and chunked
+(--kd-chunk tokens at a time, distill.py's default), are run in one process. The FLOP rate is compared with a
+plain torch.mm of the same dtype measured in the same process; the step's peak memory is what the step adds
+to the process (CPU: resident set sampled by a thread; CUDA: the allocator's peak).
 
 Builds on distill.py (train_step, Config), kd_loss.py, student.py and init_select.py.
 Run as: python bench/bench_distill.py [--teacher DIR] [--width 288] [--batch 8] [--seq-len 512] [--accum 8]
@@ -25,6 +27,7 @@ from kd_loss import TeacherTargets  # noqa: E402
 from load_weights import load_model  # noqa: E402
 from run_config import Config  # noqa: E402
 from scripts.example_teacher import build_example_teacher  # noqa: E402
+from bench.timing import peak_memory  # noqa: E402
 from student import Student  # noqa: E402
 
 
@@ -93,6 +96,7 @@ def main():
     parser.add_argument("--seq-len", type=int, default=512)
     parser.add_argument("--accum", type=int, default=8, help="micro-batches per step in the second run")
     parser.add_argument("--steps", type=int, default=2, help="timed steps per setting (after one warm-up)")
+    parser.add_argument("--kd-chunk", type=int, default=Config.kd_chunk, help="tokens per chunk of the chunked loss")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args()
     torch.manual_seed(0)
@@ -104,25 +108,35 @@ def main():
     proj, norms, _ = init_projections("gaussian", teacher, args.width)  # the init does not change the cost
     student = Student(teacher, args.width, proj, norms)
     optimizer = torch.optim.AdamW(student.parameters(), lr=1e-4)
-    cfg = Config()  # the red preset's loss: T = 1, alpha 0.2, every clone term, seq_sum
     peak = matmul_rate(dtype, args.device)
     tokens = torch.randint(0, teacher.args.vocab_size, (args.batch, args.seq_len), device=args.device)
     print(f"{args.device}, {dtype}, {torch.get_num_threads()} threads; width {args.width}; "
           f"{args.batch} x {args.seq_len} tokens per step; torch.mm rate {peak / 1e9:.1f} GFLOP/s")
-    print(f"{'accum':>5s} {'step s':>8s} {'tok/s':>8s} {'materialise':>12s} {'teacher':>8s} {'student+bwd':>12s} "
-          f"{'GFLOP/s':>8s} {'of mm':>6s}")
-    for accum in (1, args.accum):
+    print(f"{'accum':>5s} {'KD loss':>13s} {'step s':>7s} {'tok/s':>6s} {'step peak MiB':>13s} {'materialise':>11s} "
+          f"{'teacher':>7s} {'student+bwd':>11s} {'GFLOP/s':>7s} {'of mm':>6s}")
+    settings = [(accum, chunk) for accum in (1, args.accum) for chunk in (0, args.kd_chunk)]
+    results = {}
+    for accum, chunk in settings:  # each setting's own warm-up, then its timed steps
         micro = list(tokens.chunk(accum))
+        cfg = Config(kd_chunk=chunk)  # the red preset's loss: T = 1, alpha 0.2, every clone term, seq_sum
         step = lambda: timed_step(student, teacher, optimizer, micro, cfg, autocast, args.device,
                                   teacher.args.vocab_size)
-        step()  # warm-up
+        step()
         runs = [step() for _ in range(args.steps)]
-        parts = {k: sum(r[k] for r in runs) / len(runs) for k in runs[0]}
+        _, peak_bytes = peak_memory(step, args.device)  # one more step, its memory watched (not timed)
+        results[accum, chunk] = {k: sum(r[k] for r in runs) / len(runs) for k in runs[0]} | {"peak": peak_bytes}
+    flops = sum(step_flops(teacher, student, tokens.numel()).values())
+    for (accum, chunk), parts in results.items():
         total = parts["total"]
-        flops = sum(step_flops(teacher, student, tokens.numel()).values())
-        share = lambda k: f"{parts[k] / total:7.1%}"
-        print(f"{accum:5d} {total:8.2f} {tokens.numel() / total:8.0f} {share('materialise'):>12s} "
-              f"{share('teacher'):>8s} {share('student'):>12s} {flops / total / 1e9:8.1f} {flops / total / peak:6.1%}")
+        share = lambda k: f"{parts[k] / total:.1%}"
+        loss = f"chunks of {chunk}" if chunk else "full logits"
+        print(f"{accum:5d} {loss:>13s} {total:7.2f} {tokens.numel() / total:6.0f} {parts['peak'] / 2**20:13.0f} "
+              f"{share('materialise'):>11s} {share('teacher'):>7s} {share('student'):>11s} {flops / total / 1e9:7.1f} "
+              f"{flops / total / peak:6.1%}")
+    for accum in (1, args.accum):
+        full, chunked = results[accum, 0], results[accum, args.kd_chunk]
+        print(f"accum {accum}: chunked / full logits: step time {chunked['total'] / full['total']:.2f}x, "
+              f"step peak memory {chunked['peak'] / full['peak']:.2f}x")
 
 
 if __name__ == "__main__":

@@ -1,8 +1,9 @@
 """Side-by-side timing for the benchmarks: two workloads measured alternately in one process.
 
-Builds on nothing in red: plain time.perf_counter.
+Builds on nothing in red: plain time.perf_counter, and /proc/self/statm or torch.cuda for memory.
 Run as: imported by bench/bench_*.py (nothing to run on its own).
 """
+import os
 import statistics
 import time
 
@@ -23,3 +24,41 @@ def timed_pair(fn_a, fn_b, repeats: int, warmup: bool = True) -> tuple[float, fl
         out_b = fn_b()
         times_b.append(time.perf_counter() - start)
     return statistics.median(times_a), statistics.median(times_b), out_a, out_b
+
+
+def peak_memory(fn, device="cpu", interval: float = 0.002) -> tuple[object, int]:
+    """(fn(), the most memory in bytes in use during the call beyond what was in use before it): on CUDA the
+    allocator's peak (torch.cuda.max_memory_allocated), on the CPU the process's resident set sampled every
+    `interval` seconds by a thread, after glibc's malloc_trim (the kernel's own peak, ru_maxrss, cannot be reset
+    within a process)."""
+    import ctypes
+    import threading
+
+    import torch
+    if str(device).startswith("cuda"):
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+        out = fn()
+        torch.cuda.synchronize()
+        return out, torch.cuda.max_memory_allocated() - before
+    page = os.sysconf("SC_PAGE_SIZE")
+    rss = lambda: int(open("/proc/self/statm").read().split()[1]) * page
+    try:  # hand memory freed by earlier work back to the system, or the step would reuse it unseen
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except OSError:
+        pass
+    before, peak, done = rss(), [0], threading.Event()
+
+    def sample():
+        while not done.is_set():
+            peak[0] = max(peak[0], rss())
+            time.sleep(interval)
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
+    try:
+        out = fn()
+    finally:
+        done.set()
+        thread.join()
+    return out, max(peak[0], rss()) - before
