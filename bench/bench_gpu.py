@@ -1,0 +1,183 @@
+"""One GPU: RED's distillation step at the paper's scale, and CUDA checked against the CPU.
+
+1. Throughput. A randomly initialised teacher with Llama-3.2-3B-Instruct's exact configuration
+   (paper_shapes.LLAMA_3_2_3B: nothing is downloaded), distilled to width 1536 at 2048 tokens per sequence in
+   bf16 autocast: one real optimizer step is distill.train_step (chunked KD loss, the red preset's loss) plus AdamW, one
+   micro-batch per step. The micro-batch is swept over MICRO_BATCHES sequences until one does not fit. For
+   each: tokens/s, the step's peak memory (torch.cuda.max_memory_allocated) and the model FLOP utilisation
+       MFU = step FLOPs / step time / --peak-tflops (989 TFLOP/s: H100 / H200 SXM, dense bf16)
+   with the FLOPs written out: teacher forward 2 N_t per token; student forward and backward 6 N_s per token
+   (N = the matmul weights, LM head included); causal attention 2 * 2 * T/2 * H * Dh per token and layer
+   forward (QK^T and AV), 3x that for the student's forward and backward; the materialisation of the student's
+   weights, 2 D_t W per weight entry, 4x (forward, recomputation in the backward, and its backward).
+   --compile also times the student's forward under torch.compile.
+2. Correctness on a tiny Llama: 20 steps on CUDA in fp32 equal 20 steps on the CPU to 1e-4 (largest
+   difference of any projection entry, relative to the largest entry), and in bf16 autocast within 5e-2.
+
+LRC's reference point: 84K tokens/s on 8 x H800 for its 1.5B student (10.5K per GPU), 56 GB per GPU at
+6,144 tokens per GPU. Run as: python bench/bench_gpu.py [--peak-tflops 989] [--compile]
+(--device cpu --tiny runs the same code on a small model on the CPU: what the test suite does).
+
+Builds on distill.py (train_step), run_config.py (Config), student.py, init_select.py and model.py.
+"""
+import argparse
+import os
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import distill  # noqa: E402
+from init_select import init_projections  # noqa: E402
+from model import ModelArgs, Transformer, rope_inv_freq  # noqa: E402
+from paper_shapes import LLAMA_3_2_3B  # noqa: E402  the released config.json
+from run_config import Config  # noqa: E402
+from student import Student  # noqa: E402
+
+TINY_LLAMA = dict(LLAMA_3_2_3B, vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=2, head_dim=16)
+MICRO_BATCHES = (1, 2, 3, 4, 6, 8, 12, 16)  # sequences per micro-batch; 3 x 2048 = LRC's 6,144 tokens per GPU
+
+
+def random_teacher(config: dict, device, dtype) -> Transformer:
+    """A Transformer of this HF config with N(0, 0.02^2) matrices and unit norm gains, frozen, in eval mode."""
+    args = ModelArgs.from_hf_config(config)
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = Transformer(args)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.normal_(0, 0.02)
+            else:
+                p.fill_(1.0)
+    return cast(model, dtype).eval().requires_grad_(False)
+
+
+def cast(model: Transformer, dtype, device=None) -> Transformer:
+    """model.to(device, dtype) with RoPE's inverse frequencies kept in fp32 (as load_weights.load_model does)."""
+    model.to(device=device, dtype=dtype)
+    model.inv_freq = rope_inv_freq(model.args).to(model.embed_tokens.weight.device)
+    return model
+
+
+def step_flops(teacher: Transformer, width: int, batch: int, seq_len: int) -> dict:
+    """The FLOPs of one step, by part (see the module docstring)."""
+    a, tokens = teacher.args, batch * seq_len
+    matrices = [p for p in teacher.parameters() if p.dim() == 2]
+    n_teacher = sum(p.numel() for p in matrices)
+    n_student = sum(p.numel() // a.dim * width for p in matrices)  # every matrix loses D_t -> W on one side
+    attention = 2 * 2 * (seq_len / 2) * a.n_heads * a.head_dim * a.n_layers * tokens
+    return {"teacher": 2 * n_teacher * tokens + attention, "student": 6 * n_student * tokens + 3 * attention,
+            "materialise": 4 * 2 * n_teacher * width}
+
+
+def one_step(student, teacher, optimizer, tokens, cfg, autocast, vocab_size):
+    distill.train_step(student, teacher, [tokens], cfg, autocast, vocab_size)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
+def throughput(args):
+    device, width, seq_len = args.device, args.width, args.seq_len
+    on_gpu = device.startswith("cuda")
+    teacher = random_teacher(TINY_LLAMA if args.tiny else LLAMA_3_2_3B, device,
+                             torch.bfloat16 if on_gpu else torch.float32)
+    proj, norms, _ = init_projections("gaussian", teacher, width)
+    student = Student(teacher, width, proj, norms)
+    optimizer = torch.optim.AdamW(student.parameters(), lr=1e-4)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if on_gpu else torch.autocast("cpu", enabled=False)
+    cfg = Config()
+    name = "tiny Llama" if args.tiny else "Llama-3.2-3B (random weights)"
+    print(f"{name} -> width {width}, seq {seq_len}, {'bf16 autocast' if on_gpu else 'fp32'} on {device}; "
+          f"peak {args.peak_tflops} TFLOP/s")
+    print(f"{'micro-batch':>11s} {'tokens':>7s} {'step s':>7s} {'tok/s':>8s} {'peak GiB':>8s} {'MFU':>6s}")
+    for batch in MICRO_BATCHES[:args.max_sweep]:
+        tokens = torch.randint(0, teacher.args.vocab_size, (batch, seq_len), device=device)
+        try:
+            one_step(student, teacher, optimizer, tokens, cfg, autocast, teacher.args.vocab_size)  # warm-up
+            if on_gpu:
+                torch.cuda.synchronize()
+                torch.cuda.reset_peak_memory_stats()
+            start = time.perf_counter()
+            for _ in range(args.steps):
+                one_step(student, teacher, optimizer, tokens, cfg, autocast, teacher.args.vocab_size)
+            if on_gpu:
+                torch.cuda.synchronize()
+        except torch.cuda.OutOfMemoryError:
+            print(f"{batch:11d} {batch * seq_len:7d}  out of memory: the sweep ends here")
+            break
+        seconds = (time.perf_counter() - start) / args.steps
+        peak = torch.cuda.max_memory_allocated() / 2**30 if on_gpu else float("nan")
+        flops = step_flops(teacher, width, batch, seq_len)
+        mfu = sum(flops.values()) / seconds / (args.peak_tflops * 1e12)
+        print(f"{batch:11d} {batch * seq_len:7d} {seconds:7.3f} {batch * seq_len / seconds:8.0f} {peak:8.1f} "
+              f"{mfu:6.1%}   FLOPs: " + ", ".join(f"{k} {v / 1e12:.1f}T" for k, v in flops.items()), flush=True)
+    if args.compile:
+        compiled = torch.compile(student)
+        tokens = torch.randint(0, teacher.args.vocab_size, (1, seq_len), device=device)
+        with torch.no_grad(), autocast:
+            for label, model in (("eager", student), ("torch.compile", compiled)):
+                model(tokens, head=False)
+                start = time.perf_counter()
+                for _ in range(args.steps):
+                    model(tokens, head=False)
+                if on_gpu:
+                    torch.cuda.synchronize()
+                print(f"student forward, 1 x {seq_len}, {label}: {(time.perf_counter() - start) / args.steps:.3f} s")
+
+
+def train_20_steps(teacher, device, autocast, steps=20) -> dict:
+    """The projections after `steps` AdamW steps from one Gaussian init on fixed data."""
+    teacher = cast(teacher, teacher.embed_tokens.weight.dtype, device)
+    proj, norms, _ = init_projections("gaussian", teacher, 32, seed=0)
+    student = Student(teacher, 32, proj, norms)
+    optimizer = torch.optim.AdamW(student.parameters(), lr=1e-3)
+    data = torch.randint(0, teacher.args.vocab_size, (steps, 4, 64), generator=torch.Generator().manual_seed(1))
+    for tokens in data:
+        one_step(student, teacher, optimizer, tokens.to(device), Config(kd_chunk=100), autocast,
+                 teacher.args.vocab_size)
+    return {k: v.detach().cpu() for k, v in student.state_dict().items()}
+
+
+def correctness(args):
+    teacher = random_teacher(TINY_LLAMA, "cpu", torch.float32)
+    reference = train_20_steps(teacher, "cpu", torch.autocast("cpu", enabled=False))
+    scale = max(v.abs().max().item() for v in reference.values())
+    if not args.device.startswith("cuda"):
+        print("correctness: no CUDA device here - the CUDA-against-CPU check needs a GPU")
+        return True
+    ok = True
+    for label, autocast, tolerance in (("fp32", torch.autocast("cuda", enabled=False), 1e-4),
+                                       ("bf16 autocast", torch.autocast("cuda", dtype=torch.bfloat16), 5e-2)):
+        if label == "fp32":
+            torch.backends.cuda.matmul.allow_tf32 = False  # TF32 matmuls would be a 1e-3 difference by design
+        teacher_dtype = torch.float32 if label == "fp32" else torch.bfloat16  # distill.py's teacher on a GPU
+        cuda = train_20_steps(cast(random_teacher(TINY_LLAMA, "cpu", torch.float32), teacher_dtype), args.device,
+                              autocast)
+        worst = max((cuda[k] - reference[k]).abs().max().item() for k in reference) / scale
+        ok &= worst <= tolerance
+        print(f"correctness, 20 steps, CUDA {label} vs CPU fp32: largest difference {worst:.2e} of the largest "
+              f"entry (tolerance {tolerance:g}) - {'ok' if worst <= tolerance else 'FAILED'}")
+    return ok
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--tiny", action="store_true", help="a tiny Llama instead of the 3B configuration")
+    parser.add_argument("--width", type=int, default=1536, help="student width (LRC-1.5B: 1536)")
+    parser.add_argument("--seq-len", type=int, default=2048)
+    parser.add_argument("--steps", type=int, default=3, help="timed steps per micro-batch size")
+    parser.add_argument("--max-sweep", type=int, default=len(MICRO_BATCHES), help="micro-batch sizes to try")
+    parser.add_argument("--peak-tflops", type=float, default=989.0, help="the GPU's dense bf16 peak")
+    parser.add_argument("--compile", action="store_true", help="also time the student forward under torch.compile")
+    args = parser.parse_args()
+    ok = correctness(args)
+    throughput(args)
+    sys.exit(0 if ok else 1)
+
+
+if __name__ == "__main__":
+    main()
