@@ -1,9 +1,12 @@
-"""The instrument scripts under bench/ end to end on a tiny teacher: importance.py (selection overlaps and step-0
+"""The scripts under bench/ end to end on a tiny teacher: importance.py (selection overlaps and step-0
 students), plot_runs.py (eRank and projection spectra over a real distill.py run) and proxy_theory.py (the
-autoencoder from three inits); each prints its table and, with matplotlib, writes its picture.
+autoencoder from three inits), each printing its table and, with matplotlib, writing its picture; and
+bench_gpu.py's sweep and checks on a tiny model on the CPU; paper_shapes.py's released 3B configurations
+through distill.py and back through transformers.
 
-Builds on bench/importance.py, bench/plot_runs.py, bench/proxy_theory.py and distill.py, with conftest.py's
-tiny teacher.
+Builds on bench/importance.py, bench/plot_runs.py, bench/proxy_theory.py, bench/bench_gpu.py,
+bench/paper_shapes.py and distill.py,
+with conftest.py's tiny teacher.
 Run as: pytest tests/test_bench_scripts.py -q
 """
 import csv
@@ -18,10 +21,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HAVE_MPL = importlib.util.find_spec("matplotlib") is not None
 
 
-def run(*args):
-    result = subprocess.run([sys.executable, *map(str, args)], cwd=ROOT, capture_output=True, text=True,
-                            env=dict(os.environ, OMP_NUM_THREADS="1"))
-    return result
+def run(*args, threads: int | None = 1):
+    """The script's CompletedProcess; threads=None: torch's default thread count (the cores)."""
+    env = dict(os.environ) if threads is None else dict(os.environ, OMP_NUM_THREADS=str(threads))
+    return subprocess.run([sys.executable, *map(str, args)], cwd=ROOT, capture_output=True, text=True, env=env)
 
 
 @pytest.fixture(scope="module")
@@ -63,3 +66,24 @@ def test_proxy_theory_runs_three_inits(teacher, tmp_path):
     assert float(start["selection"]["sv_max"]) == pytest.approx(1.0) == float(start["selection"]["sv_min"])
     assert float(start["gaussian"]["sv_max"]) > 2 * float(start["gaussian"]["sv_min"])  # spread from the start
     assert (tmp_path / "proxy.png").exists() == HAVE_MPL
+
+
+def test_bench_gpu_runs_its_sweep_and_checks_on_a_tiny_model():
+    """The GPU benchmark's code path on the CPU (the CUDA comparison itself needs a GPU and says so)."""
+    result = run("bench/bench_gpu.py", "--device", "cpu", "--tiny", "--width", 32, "--seq-len", 64, "--steps", 1,
+                 "--max-sweep", 2)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "no CUDA device here" in result.stdout
+    rows = [line.split() for line in result.stdout.splitlines() if line.strip()[:1].isdigit()]
+    assert [int(r[0]) for r in rows] == [1, 2] and all(float(r[3]) > 0 for r in rows)  # tokens/s
+
+
+def test_paper_shapes_distil_resume_and_load_in_transformers():
+    """Llama-3.2-3B's and Qwen2.5-3B's released configs (one layer, a 2,000-token vocabulary) through distill.py
+    to widths 1536 and 1200: init, a step, checkpoint, resume, a step, save; transformers' logits equal ours."""
+    result = run("bench/paper_shapes.py", "--layers", 1, "--bpe-tokens", 2000, threads=None)  # 3B-wide matmuls
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = [line.split("|") for line in result.stdout.splitlines() if line.startswith("| llama") or
+            line.startswith("| qwen")]
+    assert [r[3].strip() for r in rows] == ["1536 / 128 / 2,256", "1200 / 128 / 2,293"]  # Qwen keeps its padding
+    assert all(r[4].strip() == "[1, 2]" for r in rows) and "all checks passed" in result.stdout
