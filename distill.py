@@ -85,7 +85,7 @@ def train_step(student: Student, teacher, micro_batches: list, cfg: Config, auto
             t_out = teacher(tokens, tap=targets.tap, head=not chunked)
         clone = CloneLoss(targets, teacher, student, cfg.clone_terms)
         with autocast:
-            s_out = student(tokens, tap=clone.tap, weights=leaves, head=not chunked)
+            s_out = student(tokens, tap=clone.tap, weights=leaves, head=not chunked, recompute=cfg.recompute)
         # Qwen pads the embedding beyond the tokenizer's vocab: those rows are never real tokens (torchtune #2598)
         if chunked:
             with torch.no_grad():

@@ -19,6 +19,7 @@ Run as: imported by distill.py (tests/test_kd_loss.py checks each term against a
 import torch
 import torch.nn.functional as F
 
+from model import replaying
 from student import Student, unsharded
 
 CLONE_TERMS = ("q", "k", "v", "attn_out", "gate", "up", "mlp_out")
@@ -155,7 +156,9 @@ class CloneLoss:
             self.add(name, x, self.targets[layer, name])
 
     def add(self, term: str, x: torch.Tensor, target: torch.Tensor):
-        self.loss[term] = self.loss[term] + clone_mse(x, target)
+        value = clone_mse(x, target)  # also when replaying: checkpointing matches the saved tensors by order
+        if not replaying():           # a block recomputed in the backward: this term is counted already
+            self.loss[term] = self.loss[term] + value
 
     def total(self) -> torch.Tensor | float:
         return sum(self.loss.values())

@@ -21,13 +21,17 @@ one forward pass, not three. The names, in the order they are produced:
                gate, up     (B, T, F)   MLP projections, pre-activation
                mlp_out      (B, T, D)   down_proj output
                resid        (B, T, D)   the block output (residual stream after layer i)
-The tap may keep, reduce or ignore what it is given; it must not modify it.
+The tap may keep, reduce or ignore what it is given; it must not modify it. With `recompute=True` (activation
+checkpointing) a block's backward runs the block again, so its taps are called twice with equal tensors; the
+second time `replaying()` is True, and a tap that accumulates must repeat its computation but not count it.
 
 Shape legend: B batch, T tokens (this call), S key positions (cache + T), D model width (W for a student),
 H query heads, K kv heads, Dh head dim, F ffn width, V vocab.
 
 Builds on nothing else in red (floor 1): torch only. Run as: imported (scripts/generate.py is a demo CLI).
 """
+import contextlib
+import contextvars
 import math
 from typing import Callable
 from dataclasses import dataclass
@@ -35,6 +39,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 FAMILIES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM"}
 
@@ -341,9 +346,11 @@ class Transformer(nn.Module):
         self.register_buffer("inv_freq", rope_inv_freq(args), persistent=False)
 
     def forward(self, tokens: torch.Tensor, *, cache: KVCache | None = None, tap: Tap | None = None,
-                pad: torch.Tensor | None = None, last_only: bool = False, head: bool = True) -> torch.Tensor:
+                pad: torch.Tensor | None = None, last_only: bool = False, head: bool = True,
+                recompute: bool = False) -> torch.Tensor:
         """tokens (B, T) -> logits (B, T, V) (or (B, 1, V) with last_only). `pad` (B,): left-padding counts.
-        head=False: the final-normed hidden states (B, T, D) instead, for a loss that applies the LM head itself."""
+        head=False: the final-normed hidden states (B, T, D) instead, for a loss that applies the LM head itself.
+        recompute=True: keep only each block's input for the backward, which runs the block again."""
         B, T = tokens.shape
         start = cache.pos if cache is not None else 0
         if start + T > self.args.max_seq_len:
@@ -358,7 +365,10 @@ class Transformer(nn.Module):
         x = self.embed_tokens(tokens)  # (B, T, D)
         tap(0, "embed", x)
         for block in self.layers:
-            x = block(x, cos, sin, mask, cache, tap)
+            if recompute and torch.is_grad_enabled() and cache is None:
+                x = recomputed(block, x, cos, sin, mask, tap)
+            else:
+                x = block(x, cos, sin, mask, cache, tap)
         if cache is not None:
             cache.pos += T
         if last_only:
@@ -371,6 +381,32 @@ class Transformer(nn.Module):
     def head_weight(self) -> torch.Tensor:
         """The LM head (V, D): the embedding when the model ties them."""
         return self.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
+
+
+_replaying = contextvars.ContextVar("replaying", default=False)
+
+
+def replaying() -> bool:
+    """True while a block runs a second time, recomputing its activations in the backward pass."""
+    return _replaying.get()
+
+
+@contextlib.contextmanager
+def _replay():
+    token = _replaying.set(True)
+    try:
+        yield
+    finally:
+        _replaying.reset(token)
+
+
+def recomputed(block: "Block", x, cos, sin, mask, tap) -> torch.Tensor:
+    """block(x) with activation checkpointing: autograd keeps x, not the block's activations, and the backward
+    runs the block again (under `replaying()`). The weights are captured now because the student's are swapped
+    in by torch.func.functional_call only while its forward runs, and the backward comes later."""
+    weights = {**dict(block.named_parameters()), **dict(block.named_buffers())}
+    run = lambda x: torch.func.functional_call(block, weights, (x, cos, sin, mask, None, tap))  # noqa: E731
+    return checkpoint(run, x, use_reentrant=False, context_fn=lambda: (contextlib.nullcontext(), _replay()))
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -24,7 +24,7 @@ from student import default_width
 
 PRESETS = {"red": dict(init="select", importance="red", kl_temperature=1.0, alpha=0.2),
            "lrc": dict(init="gaussian", kl_temperature=40.0, alpha=0.2)}
-MAY_CHANGE = ("steps", "eval_every", "ckpt_every", "eval_problems", "device", "kd_chunk", "out")  # on --resume
+MAY_CHANGE = ("steps", "eval_every", "ckpt_every", "eval_problems", "device", "kd_chunk", "recompute", "out")
 
 
 @dataclass
@@ -45,6 +45,7 @@ class Config:
     clone_terms: list = field(default_factory=lambda: list(CLONE_TERMS))
     orth_reg: float = 0.0             # lambda of the orthogonal-regularisation baseline (0: off)
     kd_chunk: int = 1024              # tokens per chunk of the CE + KL (0: the full logits at once)
+    recompute: bool = False           # activation checkpointing of the student's blocks
     steps: int = 1000
     batch_size: int = 8               # windows per micro-batch, all ranks together
     grad_accum: int = 1
@@ -88,6 +89,8 @@ def flag_parser() -> argparse.ArgumentParser:
                                                  "projection (RED's orthogonal-regularisation baseline; default 0)")
     add("--kd-chunk", type=cli.int_at_least(0), help="tokens per chunk of the CE + KL, computed from the LM heads "
                                                      "without the full logits (default 1024; 0: full logits)")
+    add("--recompute", action=argparse.BooleanOptionalAction, help="activation checkpointing: keep each student "
+        "block's input only and run the block again in the backward (less memory, one more student forward)")
     add("--steps", type=cli.int_at_least(0), help="optimizer steps (default 1000; 0: write the step-0 student)")
     add("--batch-size", type=cli.int_at_least(1), help="windows per micro-batch, all ranks together (default 8)")
     add("--grad-accum", type=cli.int_at_least(1), help="micro-batches per optimizer step (default 1)")
