@@ -6,7 +6,8 @@ plus AdamW. Its parts are timed by calling the same library functions on their o
 (student.materialize) and the teacher forward with its clone-target tap; the rest of the step is the student's
 forward and backward and the backward through the materialisation. Tokens per step are fixed (--batch x
 --seq-len); one micro-batch and --accum micro-batches, each with the KD loss on the full logits and chunked
-(--kd-chunk tokens at a time, distill.py's default), are run in one process. The FLOP rate is compared with a
+(--kd-chunk tokens at a time, distill.py's default), and one micro-batch chunked with the student's blocks
+recomputed in the backward (--recompute), are run in one process. The FLOP rate is compared with a
 plain torch.mm of the same dtype measured in the same process; the step's peak memory is what the step adds
 to the process (CPU: resident set sampled by a thread; CUDA: the allocator's peak).
 
@@ -112,31 +113,35 @@ def main():
     tokens = torch.randint(0, teacher.args.vocab_size, (args.batch, args.seq_len), device=args.device)
     print(f"{args.device}, {dtype}, {torch.get_num_threads()} threads; width {args.width}; "
           f"{args.batch} x {args.seq_len} tokens per step; torch.mm rate {peak / 1e9:.1f} GFLOP/s")
-    print(f"{'accum':>5s} {'KD loss':>13s} {'step s':>7s} {'tok/s':>6s} {'step peak MiB':>13s} {'materialise':>11s} "
-          f"{'teacher':>7s} {'student+bwd':>11s} {'GFLOP/s':>7s} {'of mm':>6s}")
-    settings = [(accum, chunk) for accum in (1, args.accum) for chunk in (0, args.kd_chunk)]
+    print(f"{'accum':>5s} {'KD loss':>13s} {'recompute':>9s} {'step s':>7s} {'tok/s':>6s} {'step peak MiB':>13s} "
+          f"{'materialise':>11s} {'teacher':>7s} {'student+bwd':>11s} {'GFLOP/s':>7s} {'of mm':>6s}")
+    chunk = args.kd_chunk
+    settings = [(1, 0, False), (1, chunk, False), (1, chunk, True), (args.accum, 0, False), (args.accum, chunk, False)]
     results = {}
-    for accum, chunk in settings:  # each setting's own warm-up, then its timed steps
+    for accum, kd_chunk, recompute in settings:  # each setting's own warm-up, then its timed steps
         micro = list(tokens.chunk(accum))
-        cfg = Config(kd_chunk=chunk)  # the red preset's loss: T = 1, alpha 0.2, every clone term, seq_sum
+        # the red preset's loss: T = 1, alpha 0.2, every clone term, seq_sum
+        cfg = Config(kd_chunk=kd_chunk, recompute=recompute)
         step = lambda: timed_step(student, teacher, optimizer, micro, cfg, autocast, args.device,
                                   teacher.args.vocab_size)
         step()
         runs = [step() for _ in range(args.steps)]
         _, peak_bytes = peak_memory(step, args.device)  # one more step, its memory watched (not timed)
-        results[accum, chunk] = {k: sum(r[k] for r in runs) / len(runs) for k in runs[0]} | {"peak": peak_bytes}
-    flops = sum(step_flops(teacher, student, tokens.numel()).values())
-    for (accum, chunk), parts in results.items():
+        results[accum, kd_chunk, recompute] = ({k: sum(r[k] for r in runs) / len(runs) for k in runs[0]}
+                                               | {"peak": peak_bytes})
+    flops = sum(step_flops(teacher, student, tokens.numel()).values())  # recomputation is not counted as work
+    for (accum, kd_chunk, recompute), parts in results.items():
         total = parts["total"]
         share = lambda k: f"{parts[k] / total:.1%}"
-        loss = f"chunks of {chunk}" if chunk else "full logits"
-        print(f"{accum:5d} {loss:>13s} {total:7.2f} {tokens.numel() / total:6.0f} {parts['peak'] / 2**20:13.0f} "
-              f"{share('materialise'):>11s} {share('teacher'):>7s} {share('student'):>11s} {flops / total / 1e9:7.1f} "
-              f"{flops / total / peak:6.1%}")
-    for accum in (1, args.accum):
-        full, chunked = results[accum, 0], results[accum, args.kd_chunk]
-        print(f"accum {accum}: chunked / full logits: step time {chunked['total'] / full['total']:.2f}x, "
-              f"step peak memory {chunked['peak'] / full['peak']:.2f}x")
+        loss = f"chunks of {kd_chunk}" if kd_chunk else "full logits"
+        print(f"{accum:5d} {loss:>13s} {'yes' if recompute else 'no':>9s} {total:7.2f} {tokens.numel() / total:6.0f} "
+              f"{parts['peak'] / 2**20:13.0f} {share('materialise'):>11s} {share('teacher'):>7s} "
+              f"{share('student'):>11s} {flops / total / 1e9:7.1f} {flops / total / peak:6.1%}")
+    for accum, other, name in ((1, (1, chunk, False), "chunked"), (args.accum, (args.accum, chunk, False), "chunked"),
+                               (1, (1, chunk, True), "chunked + recompute")):
+        base, new = results[accum, 0, False], results[other]
+        print(f"accum {accum}: {name} / full logits: step time {new['total'] / base['total']:.2f}x, "
+              f"step peak memory {new['peak'] / base['peak']:.2f}x")
 
 
 if __name__ == "__main__":

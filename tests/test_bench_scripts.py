@@ -79,11 +79,11 @@ def test_bench_gpu_runs_its_sweep_and_checks_on_a_tiny_model():
 
 
 def test_paper_shapes_distil_resume_and_load_in_transformers():
-    """Llama-3.2-3B's and Qwen2.5-3B's released configs (one layer, a 2,000-token vocabulary) through distill.py
-    to widths 1536 and 1200: init, a step, checkpoint, resume, a step, save; transformers' logits equal ours."""
-    result = run("bench/paper_shapes.py", "--layers", 1, "--bpe-tokens", 2000, threads=None)  # 3B-wide matmuls
+    """Qwen2.5-3B's released config (one layer, a 2,000-token vocabulary, the padding kept) through distill.py to
+    width 1200: init, a step, checkpoint, resume, a step, save; transformers' logits equal ours. (Llama-3.2-3B's
+    takes another minute: the README's run has both at two layers and the full vocabularies.)"""
+    result = run("bench/paper_shapes.py", "--models", "qwen", "--layers", 1, "--bpe-tokens", 2000, threads=None)
     assert result.returncode == 0, result.stderr[-2000:]
-    rows = [line.split("|") for line in result.stdout.splitlines() if line.startswith("| llama") or
-            line.startswith("| qwen")]
-    assert [r[3].strip() for r in rows] == ["1536 / 128 / 2,256", "1200 / 128 / 2,293"]  # Qwen keeps its padding
-    assert all(r[4].strip() == "[1, 2]" for r in rows) and "all checks passed" in result.stdout
+    rows = [line.split("|") for line in result.stdout.splitlines() if line.startswith("| qwen")]
+    assert [r[3].strip() for r in rows] == ["1200 / 128 / 2,293"]  # head_dim 128, not 1200 / 16; padding kept
+    assert rows[0][4].strip() == "[1, 2]" and "all checks passed" in result.stdout
