@@ -19,8 +19,7 @@ Run as: imported by distill.py (tests/test_kd_loss.py checks each term against a
 import torch
 import torch.nn.functional as F
 
-from model import replaying
-from student import Student, unsharded
+from student import Student, replaying, unsharded
 
 CLONE_TERMS = ("q", "k", "v", "attn_out", "gate", "up", "mlp_out")
 KL_REDUCTIONS = ("seq_sum", "token_mean")

@@ -21,17 +21,14 @@ one forward pass, not three. The names, in the order they are produced:
                gate, up     (B, T, F)   MLP projections, pre-activation
                mlp_out      (B, T, D)   down_proj output
                resid        (B, T, D)   the block output (residual stream after layer i)
-The tap may keep, reduce or ignore what it is given; it must not modify it. With `recompute=True` (activation
-checkpointing) a block's backward runs the block again, so its taps are called twice with equal tensors; the
-second time `replaying()` is True, and a tap that accumulates must repeat its computation but not count it.
+The tap may keep, reduce or ignore what it is given; it must not modify it. (Under activation checkpointing,
+student.recomputed, a block runs again in the backward and calls its taps a second time.)
 
 Shape legend: B batch, T tokens (this call), S key positions (cache + T), D model width (W for a student),
 H query heads, K kv heads, Dh head dim, F ffn width, V vocab.
 
 Builds on nothing else in red (floor 1): torch only. Run as: imported (scripts/generate.py is a demo CLI).
 """
-import contextlib
-import contextvars
 import math
 from typing import Callable
 from dataclasses import dataclass
@@ -39,7 +36,6 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.utils.checkpoint import checkpoint
 
 FAMILIES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM"}
 
@@ -347,10 +343,10 @@ class Transformer(nn.Module):
 
     def forward(self, tokens: torch.Tensor, *, cache: KVCache | None = None, tap: Tap | None = None,
                 pad: torch.Tensor | None = None, last_only: bool = False, head: bool = True,
-                recompute: bool = False) -> torch.Tensor:
+                run_block: Callable | None = None) -> torch.Tensor:
         """tokens (B, T) -> logits (B, T, V) (or (B, 1, V) with last_only). `pad` (B,): left-padding counts.
         head=False: the final-normed hidden states (B, T, D) instead, for a loss that applies the LM head itself.
-        recompute=True: keep only each block's input for the backward, which runs the block again."""
+        run_block(block, x, cos, sin, mask, tap) -> x runs each block instead of a plain call (no cache)."""
         B, T = tokens.shape
         start = cache.pos if cache is not None else 0
         if start + T > self.args.max_seq_len:
@@ -365,10 +361,7 @@ class Transformer(nn.Module):
         x = self.embed_tokens(tokens)  # (B, T, D)
         tap(0, "embed", x)
         for block in self.layers:
-            if recompute and torch.is_grad_enabled() and cache is None:
-                x = recomputed(block, x, cos, sin, mask, tap)
-            else:
-                x = block(x, cos, sin, mask, cache, tap)
+            x = block(x, cos, sin, mask, cache, tap) if run_block is None else run_block(block, x, cos, sin, mask, tap)
         if cache is not None:
             cache.pos += T
         if last_only:
@@ -382,31 +375,6 @@ class Transformer(nn.Module):
         """The LM head (V, D): the embedding when the model ties them."""
         return self.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
 
-
-_replaying = contextvars.ContextVar("replaying", default=False)
-
-
-def replaying() -> bool:
-    """True while a block runs a second time, recomputing its activations in the backward pass."""
-    return _replaying.get()
-
-
-@contextlib.contextmanager
-def _replay():
-    token = _replaying.set(True)
-    try:
-        yield
-    finally:
-        _replaying.reset(token)
-
-
-def recomputed(block: "Block", x, cos, sin, mask, tap) -> torch.Tensor:
-    """block(x) with activation checkpointing: autograd keeps x, not the block's activations, and the backward
-    runs the block again (under `replaying()`). The weights are captured now because the student's are swapped
-    in by torch.func.functional_call only while its forward runs, and the backward comes later."""
-    weights = {**dict(block.named_parameters()), **dict(block.named_buffers())}
-    run = lambda x: torch.func.functional_call(block, weights, (x, cos, sin, mask, None, tap))  # noqa: E731
-    return checkpoint(run, x, use_reentrant=False, context_fn=lambda: (contextlib.nullcontext(), _replay()))
 
 
 # ---------------------------------------------------------------------------------------------------------

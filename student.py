@@ -13,7 +13,8 @@ shares when the teacher ties them (a separate `lm_head` one when it does not). T
 `materialize()` turns projections into a full weight dict under `model.Transformer`'s parameter names, and
 `forward` runs that same Transformer code on it with `torch.func.functional_call`: there is one model
 implementation, and a merged student is a plain checkpoint by construction. LRC computes attention
-factorised (x -> P_q -> W_q); the merged weight is the same linear map, so we always merge.
+factorised (x -> P_q -> W_q); the merged weight is the same linear map, so we always merge. `recomputed` runs
+a block under activation checkpointing (distill.py --recompute).
 
 Trainable state (`state_dict()`, what distill.py optimises and saves) is named like the Transformer it
 becomes: `embed`, `lm_head` (untied teachers only), `norm`, `layers.{i}.{q,k,v,o,gate,up,down}` (projections,
@@ -28,12 +29,15 @@ if __name__ == "__main__":
     cli.interrupt_while_starting()
 
 import argparse
+import contextlib
+import contextvars
 import dataclasses
 
 import torch
 import torch.distributed as dist
 import torch.nn as nn
 from safetensors.torch import load_file
+from torch.utils.checkpoint import checkpoint
 
 from load_weights import LoadError, load_model, save_model
 from model import ModelArgs, Transformer, rope_inv_freq
@@ -174,12 +178,14 @@ class Student(nn.Module):
         return {name: self.student_weight(name, unsharded(W_t)) for name, W_t in self.teacher.named_parameters()}
 
     def forward(self, tokens: torch.Tensor, *, tap=None, weights: dict[str, torch.Tensor] | None = None,
-                **kwargs) -> torch.Tensor:
+                recompute: bool = False, **kwargs) -> torch.Tensor:
         """tokens (B, T) -> logits (B, T, V): model.Transformer run on `weights` (default: materialize());
-        other keyword arguments (cache, pad, last_only) go to Transformer.forward."""
+        recompute: activation checkpointing of every block (`recomputed`); other keyword arguments (cache, pad,
+        last_only, head) go to Transformer.forward."""
         weights = self.materialize() if weights is None else weights
         tensors = {**weights, "inv_freq": self.inv_freq}
-        return torch.func.functional_call(self.shell, tensors, (tokens,), {"tap": tap, **kwargs}, strict=True)
+        kwargs |= {"tap": tap, "run_block": recomputed if recompute and torch.is_grad_enabled() else None}
+        return torch.func.functional_call(self.shell, tensors, (tokens,), kwargs, strict=True)
 
     @torch.no_grad()
     def merge(self) -> Transformer:
@@ -247,6 +253,35 @@ def all_reduce_grads(params: list, world_size: int):
     for g, chunk in zip(grads, flat.split([g.numel() for g in grads])):
         g.copy_(chunk.view_as(g))
 
+
+# ---------------------------------------------------------------------------------------------------------
+# Activation checkpointing
+
+_replaying = contextvars.ContextVar("replaying", default=False)
+
+
+def replaying() -> bool:
+    """True while a block runs a second time, recomputing its activations in the backward pass: a tap that
+    accumulates (kd_loss.CloneLoss) must repeat its arithmetic then, but not count it."""
+    return _replaying.get()
+
+
+@contextlib.contextmanager
+def _replay():
+    token = _replaying.set(True)
+    try:
+        yield
+    finally:
+        _replaying.reset(token)
+
+
+def recomputed(block: nn.Module, x, cos, sin, mask, tap) -> torch.Tensor:
+    """block(x) with activation checkpointing: autograd keeps x, not the block's activations, and the backward
+    runs the block again (under `replaying()`). The weights are captured now because functional_call swaps
+    the student's in only while its forward runs, and the backward comes later."""
+    weights = {**dict(block.named_parameters()), **dict(block.named_buffers())}
+    run = lambda x: torch.func.functional_call(block, weights, (x, cos, sin, mask, None, tap))  # noqa: E731
+    return checkpoint(run, x, use_reentrant=False, context_fn=lambda: (contextlib.nullcontext(), _replay()))
 
 # ---------------------------------------------------------------------------------------------------------
 
