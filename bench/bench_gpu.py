@@ -10,12 +10,13 @@
    (N = the matmul weights, LM head included); causal attention 2 * 2 * T/2 * H * Dh per token and layer
    forward (QK^T and AV), 3x that for the student's forward and backward; the materialisation of the student's
    weights, 2 D_t W per weight entry, 4x (forward, recomputation in the backward, and its backward).
-   --compile also times the student's forward under torch.compile.
+   --compile also times the student's forward under torch.compile; --recompute sweeps with the student's blocks
+   recomputed in the backward (distill.py --recompute), for when memory binds.
 2. Correctness on a tiny Llama: 20 steps on CUDA in fp32 equal 20 steps on the CPU to 1e-4 (largest
    difference of any projection entry, relative to the largest entry), and in bf16 autocast within 5e-2.
 
 LRC's reference point: 84K tokens/s on 8 x H800 for its 1.5B student (10.5K per GPU), 56 GB per GPU at
-6,144 tokens per GPU. Run as: python bench/bench_gpu.py [--peak-tflops 989] [--compile]
+6,144 tokens per GPU. Run as: python bench/bench_gpu.py [--peak-tflops 989] [--compile] [--recompute]
 (--device cpu --tiny runs the same code on a small model on the CPU: what the test suite does).
 
 Builds on distill.py (train_step), run_config.py (Config), student.py, init_select.py and model.py.
@@ -88,10 +89,10 @@ def throughput(args):
     student = Student(teacher, width, proj, norms)
     optimizer = torch.optim.AdamW(student.parameters(), lr=1e-4)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if on_gpu else torch.autocast("cpu", enabled=False)
-    cfg = Config()
+    cfg = Config(recompute=args.recompute)  # the red preset's loss, chunked
     name = "tiny Llama" if args.tiny else "Llama-3.2-3B (random weights)"
     print(f"{name} -> width {width}, seq {seq_len}, {'bf16 autocast' if on_gpu else 'fp32'} on {device}; "
-          f"peak {args.peak_tflops} TFLOP/s")
+          f"peak {args.peak_tflops} TFLOP/s{'; blocks recomputed in the backward' if args.recompute else ''}")
     print(f"{'micro-batch':>11s} {'tokens':>7s} {'step s':>7s} {'tok/s':>8s} {'peak GiB':>8s} {'MFU':>6s}")
     for batch in MICRO_BATCHES[:args.max_sweep]:
         tokens = torch.randint(0, teacher.args.vocab_size, (batch, seq_len), device=device)
@@ -172,6 +173,8 @@ def main():
     parser.add_argument("--steps", type=int, default=3, help="timed steps per micro-batch size")
     parser.add_argument("--max-sweep", type=int, default=len(MICRO_BATCHES), help="micro-batch sizes to try")
     parser.add_argument("--peak-tflops", type=float, default=989.0, help="the GPU's dense bf16 peak")
+    parser.add_argument("--recompute", action="store_true", help="activation checkpointing of the student "
+                                                                 "(its extra forward is not counted in the MFU)")
     parser.add_argument("--compile", action="store_true", help="also time the student forward under torch.compile")
     args = parser.parse_args()
     ok = correctness(args)
