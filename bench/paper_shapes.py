@@ -189,6 +189,10 @@ def main():
                                                          "releases' 128,000 and 151,643; fewer: a faster check)")
     parser.add_argument("--work", help="directory for teachers and students (default: a temporary one, removed)")
     args = parser.parse_args()
+    if args.work and os.path.isdir(args.work) and os.listdir(args.work):
+        print(f"error: --work {args.work} is not empty - pass a new or empty directory (teachers, students "
+              "and runs are written there)", file=sys.stderr)
+        sys.exit(2)
     with tempfile.TemporaryDirectory() as tmp:
         rows = [smoke(name, args.layers, args.work or tmp, args.bpe_tokens) for name in args.models]
     print("\n| teacher (depth) | params | student W / head_dim / vocab | steps logged | step 1: s, peak GiB "
