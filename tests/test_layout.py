@@ -13,6 +13,8 @@ ROOT = Path(__file__).resolve().parents[1]
 TOP = sorted(ROOT.glob("*.py"))
 PROJECT = {p.stem for p in TOP}
 EVERY_PY = TOP + sorted(ROOT.glob("bench/*.py")) + sorted(ROOT.glob("scripts/*.py")) + sorted(ROOT.glob("tests/*.py"))
+# design notes that lived outside the repository while red was built; the why is in docs/METHOD.md now
+UNAVAILABLE = re.compile(r"\bSPEC\s+§|\bthe\s+digest\b|\bshared[/]")
 REFERENCE = re.compile(r"METHOD(?:\.md)?((?:,? (?:and )?§\d+(?:\.\d+)*)+)")
 
 
@@ -32,9 +34,8 @@ def test_every_method_reference_resolves_to_a_heading():
             for number in re.findall(r"§(\d+(?:\.\d+)*)", match.group(1)):
                 found += 1
                 assert number in headings, f"{path.relative_to(ROOT)}: METHOD §{number} is no heading of docs/METHOD.md"
-        # nothing may point at documents a user does not have (this file names them, to look for them)
-        for stale in ("SPEC §", "the digest", "shared/") if path.name != "test_layout.py" else ():
-            assert stale not in text, f"{path.relative_to(ROOT)} mentions {stale!r}"
+        stale = UNAVAILABLE.search(text)
+        assert stale is None, f"{path.relative_to(ROOT)} cites {stale.group(0)!r}, which a user of red does not have"
     assert found >= 20  # the code does point readers at the why
 
 
