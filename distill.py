@@ -75,25 +75,25 @@ def train_step(student: Student, teacher, micro_batches: list, cfg: Config, auto
     with torch.no_grad():
         leaves = leaf_copies(student.materialize())  # W_s = W_t P for every weight, once per step
     step_tokens = sum(t.numel() for t in micro_batches)
+    chunked = cfg.kd_chunk > 0  # the models stop at their final hidden states; the loss applies the LM heads
+    if chunked:  # cut to the tokenizer's vocabulary: Qwen pads its embedding with rows that are no tokens
+        with torch.no_grad():
+            t_head = unsharded(teacher.head_weight())[:vocab_size]                            # (V, D_t)
+        s_head = leaves.get("lm_head.weight", leaves["embed_tokens.weight"])[:vocab_size]  # (V, W)
     logs = {}
     for tokens in micro_batches:
         # NOTE: no_grad, not inference_mode: inference tensors cannot be saved for the backward of the
         # clone terms (the mlp_out target is teacher output @ P_down, whose gradient needs that output).
         targets = TeacherTargets(cfg.clone_terms)
-        chunked = cfg.kd_chunk > 0  # the models stop at their final hidden states; the loss applies the heads
         with torch.no_grad(), autocast:
             t_out = teacher(tokens, tap=targets.tap, head=not chunked)
         clone = CloneLoss(targets, teacher, student, cfg.clone_terms)
         with autocast:
             s_out = student(tokens, tap=clone.tap, weights=leaves, head=not chunked, recompute=cfg.recompute)
-        # Qwen pads the embedding beyond the tokenizer's vocab: those rows are never real tokens (torchtune #2598)
         if chunked:
-            with torch.no_grad():
-                t_head = unsharded(teacher.head_weight())[:vocab_size]            # (V, D_t)
-            s_head = leaves.get("lm_head.weight", leaves["embed_tokens.weight"])[:vocab_size]  # (V, W)
             kd, ce, kl = chunked_ce_kl(s_out, s_head, t_out, t_head, tokens, cfg.kl_temperature,
                                        cfg.kl_reduction, cfg.kd_chunk)
-        else:
+        else:  # the padded vocabulary cut as above (torchtune #2598)
             s_logits, t_logits = s_out[..., :vocab_size], t_out[..., :vocab_size]
             ce, kl = ce_loss(s_logits, tokens), kl_loss(s_logits, t_logits, cfg.kl_temperature, cfg.kl_reduction)
             kd = ce + kl

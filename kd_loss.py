@@ -51,8 +51,8 @@ class ChunkedLogitLoss(torch.autograd.Function):
     """CE + KL(T) from the final hidden states and the two LM heads, a chunk of tokens at a time, so that
     neither model's (tokens, vocab) logits ever exist whole. Equal to ce_loss + kl_loss on the full logits.
 
-    Per chunk (n tokens), with s = h_s W_s^T and t = h_t W_t^T (n, V) in fp32, q = softmax(s / T),
-    p = softmax(t / T), q1 = softmax(s):
+    Per chunk (n tokens), with the logits s = h_s W_s^T and t = h_t W_t^T (n, V) (the matmuls in the models'
+    precision, the softmaxes in fp32), q = softmax(s / T), p = softmax(t / T), q1 = softmax(s):
         dKL/ds = (q - p) / T / kl_norm        dCE/ds = (q1 - onehot(y)) / n_ce  (rows with a target)
     and the gradients of the loss w.r.t. h_s (n, W) and W_s (V, W) are g W_s and g^T h_s, g = dL/ds. They are
     computed in the forward pass (as Liger's fused linear cross-entropy does), so the backward pass only scales
@@ -60,7 +60,6 @@ class ChunkedLogitLoss(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, h_s, head_s, h_t, head_t, targets, temperature: float, kl_norm: float, chunk: int):
-        # the matmuls run in the models' precision (bf16 under autocast), the softmaxes in fp32
         h_s, W_s = h_s.to(torch.promote_types(h_s.dtype, head_s.dtype)), head_s.to(h_s.dtype)  # (N, W), (V, W)
         h_t, W_t = h_t.to(torch.promote_types(h_t.dtype, head_t.dtype)), head_t.to(h_t.dtype)  # (N, D), (V, D)
         grad_h = torch.empty(h_s.shape, dtype=torch.float32, device=h_s.device)  # (N, W)
