@@ -376,7 +376,6 @@ class Transformer(nn.Module):
         return self.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
 
 
-
 # ---------------------------------------------------------------------------------------------------------
 # Generation
 

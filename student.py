@@ -283,6 +283,7 @@ def recomputed(block: nn.Module, x, cos, sin, mask, tap) -> torch.Tensor:
     run = lambda x: torch.func.functional_call(block, weights, (x, cos, sin, mask, None, tap))  # noqa: E731
     return checkpoint(run, x, use_reentrant=False, context_fn=lambda: (contextlib.nullcontext(), _replay()))
 
+
 # ---------------------------------------------------------------------------------------------------------
 
 def main(argv=None):

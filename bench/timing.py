@@ -42,8 +42,10 @@ def peak_memory(fn, device="cpu", interval: float = 0.002) -> tuple[object, int]
         out = fn()
         torch.cuda.synchronize()
         return out, torch.cuda.max_memory_allocated() - before
-    page = os.sysconf("SC_PAGE_SIZE")
-    rss = lambda: int(open("/proc/self/statm").read().split()[1]) * page
+    def rss() -> int:
+        """The process's resident set in bytes (statm's second field counts pages)."""
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
     try:  # hand memory freed by earlier work back to the system, or the step would reuse it unseen
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except OSError:
