@@ -49,16 +49,14 @@ def sync(device):
         torch.cuda.synchronize()
 
 
-def step_flops(teacher, student, tokens: int) -> dict:
-    """Matmul FLOPs of one step: 2 per weight per token forward, twice that backward."""
-    n_teacher = sum(p.numel() for n, p in teacher.named_parameters() if p.dim() == 2)  # incl. the LM head
-    with torch.no_grad():  # shapes only
-        weights = student.materialize()
-    n_student = sum(w.numel() for k, w in weights.items() if w.dim() == 2)
-    n_proj = sum(teacher.get_parameter(k).numel() * student.args.dim
-                 for k, w in weights.items() if w.dim() == 2 and not k.startswith("lm_head"))
-    # materialisation: once forward, once again inside backward_through, and its backward (2x)
-    return {"teacher": 2 * n_teacher * tokens, "student": 6 * n_student * tokens, "materialise": 4 * 2 * n_proj}
+def step_flops(teacher, width: int, tokens: int) -> dict:
+    """Weight-matmul FLOPs of one step, from the teacher's shapes: 2 per weight entry per token forward, twice
+    that backward. Every student matrix is a teacher matrix with D_t -> W on one side; materialising it costs
+    2 D_t W per teacher entry, once forward, again inside backward_through, and its backward (2x)."""
+    n_teacher = sum(p.numel() for p in teacher.parameters() if p.dim() == 2)  # incl. the LM head
+    n_student = n_teacher // teacher.args.dim * width
+    return {"teacher": 2 * n_teacher * tokens, "student": 6 * n_student * tokens,
+            "materialise": 4 * 2 * n_teacher * width}
 
 
 def clock(fn, device) -> float:
@@ -129,7 +127,7 @@ def main():
         _, peak_bytes = peak_memory(step, args.device)  # one more step, its memory watched (not timed)
         results[accum, kd_chunk, recompute] = ({k: sum(r[k] for r in runs) / len(runs) for k in runs[0]}
                                                | {"peak": peak_bytes})
-    flops = sum(step_flops(teacher, student, tokens.numel()).values())  # recomputation is not counted as work
+    flops = sum(step_flops(teacher, args.width, tokens.numel()).values())  # recomputation is not counted as work
     for (accum, kd_chunk, recompute), parts in results.items():
         total = parts["total"]
         share = lambda k: f"{parts[k] / total:.1%}"

@@ -33,6 +33,7 @@ import distill  # noqa: E402
 from init_select import init_projections  # noqa: E402
 from model import ModelArgs, Transformer, rope_inv_freq  # noqa: E402
 from paper_shapes import LLAMA_3_2_3B  # noqa: E402  the released config.json
+import bench_distill  # noqa: E402  one FLOP count for both benchmarks
 from run_config import Config  # noqa: E402
 from student import Student  # noqa: E402
 
@@ -64,14 +65,12 @@ def cast(model: Transformer, dtype, device=None) -> Transformer:
 
 
 def step_flops(teacher: Transformer, width: int, batch: int, seq_len: int) -> dict:
-    """The FLOPs of one step, by part (see the module docstring)."""
+    """The FLOPs of one step, by part (see the module docstring): bench_distill's weight matmuls plus causal
+    attention, 2 * 2 * T/2 * H * Dh per token and layer forward, 3x that for the student's forward and backward."""
     a, tokens = teacher.args, batch * seq_len
-    matrices = [p for p in teacher.parameters() if p.dim() == 2]
-    n_teacher = sum(p.numel() for p in matrices)
-    n_student = sum(p.numel() // a.dim * width for p in matrices)  # every matrix loses D_t -> W on one side
+    flops = bench_distill.step_flops(teacher, width, tokens)
     attention = 2 * 2 * (seq_len / 2) * a.n_heads * a.head_dim * a.n_layers * tokens
-    return {"teacher": 2 * n_teacher * tokens + attention, "student": 6 * n_student * tokens + 3 * attention,
-            "materialise": 4 * 2 * n_teacher * width}
+    return flops | {"teacher": flops["teacher"] + attention, "student": flops["student"] + 3 * attention}
 
 
 def one_step(student, teacher, optimizer, tokens, cfg, autocast, vocab_size):
