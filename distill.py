@@ -87,7 +87,7 @@ def train_step(student: Student, teacher, micro_batches: list, cfg: Config, auto
         targets = TeacherTargets(cfg.clone_terms)
         with torch.no_grad(), autocast:
             t_out = teacher(tokens, tap=targets.tap, head=not chunked)
-        clone = CloneLoss(targets, teacher, student, cfg.clone_terms)
+        clone = CloneLoss(targets, teacher, student, cfg.clone_terms, cfg.clone_loss)
         with autocast:
             s_out = student(tokens, tap=clone.tap, weights=leaves, head=not chunked, recompute=cfg.recompute)
         if chunked:
@@ -256,13 +256,15 @@ def make_student(cfg: Config, teacher, data, teacher_fp: str) -> tuple[Student, 
     return Student(teacher, cfg.width, projections, norms), {k: v for k, v in info.items() if k != "scores"}
 
 
-def train(run: Run):
-    """The loop: steps run.start .. cfg.steps, validating and checkpointing as configured."""
+def train(run: Run) -> bool:
+    """The loop: steps run.start .. cfg.steps (or --stop-at), validating and checkpointing as configured.
+    True when the run has reached --steps, False when it stopped at --stop-at (checkpointed)."""
     cfg, student, optimizer, params = run.cfg, run.student, run.optimizer, list(run.student.parameters())
+    end = min(cfg.steps, cfg.stop_at) if cfg.stop_at else cfg.steps
     metrics = open(os.path.join(cfg.run_dir, "metrics.jsonl"), "a") if run.rank == 0 else None
     if run.start == 0:  # the step-0 student, measured exactly as every later validation
         write(metrics, {"step": 0, **validate(student.merge(), *run.val, student=student)}, run.log)
-    bar = tqdm(range(run.start, cfg.steps), initial=run.start, total=cfg.steps, disable=run.rank != 0)
+    bar = tqdm(range(run.start, end), initial=run.start, total=cfg.steps, disable=run.rank != 0)
     with cli.stop_requests() as stop:
         for step in bar:
             t0 = time.perf_counter()
@@ -286,7 +288,7 @@ def train(run: Run):
             if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps:
                 record |= validate(student.merge(), *run.val, student=student)
             write(metrics, record)
-            if (step + 1) % cfg.ckpt_every == 0 or step + 1 == cfg.steps or stop.signal:
+            if (step + 1) % cfg.ckpt_every == 0 or step + 1 in (end, cfg.steps) or stop.signal:
                 if run.rank == 0:
                     ckpt.save_checkpoint(cfg.run_dir, step + 1, student, optimizer, {"data": run.stream.state_dict()})
             if stop.signal:
@@ -295,6 +297,9 @@ def train(run: Run):
                       file=sys.stderr)
                 sys.exit(130)
     bar.close()
+    if end < cfg.steps:
+        run.log(f"stopped at step {max(end, run.start)} of {cfg.steps} (--stop-at); continue with --resume")
+    return end >= cfg.steps
 
 
 def write(metrics, record: dict, log=None):
@@ -339,8 +344,8 @@ def main(argv=None):
     try:
         with cli.user_errors(*USER_ERRORS):
             run = setup(given)
-            train(run)
-            finish(run)
+            if train(run):
+                finish(run)
     finally:
         ckpt.release()
     if dist.is_initialized():

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from student import Student, replaying, unsharded
 
 CLONE_TERMS = ("q", "k", "v", "attn_out", "gate", "up", "mlp_out")
+CLONE_LOSSES = ("mse", "skip-first", "relative")  # --clone-loss; mse is LRC's
 KL_REDUCTIONS = ("seq_sum", "token_mean")
 
 
@@ -108,9 +109,19 @@ def chunked_ce_kl(h_s, head_s, h_t, head_t, tokens, temperature: float, reductio
                                   next_token_targets(tokens), temperature, kl_norm, chunk)
 
 
-def clone_mse(student_act, teacher_act) -> torch.Tensor:
-    """Activation-clone term: mean squared error over all elements (nn.MSELoss), fp32."""
-    return (student_act.float() - teacher_act.float()).pow(2).mean()
+def clone_mse(student_act, teacher_act, kind: str = "mse") -> torch.Tensor:
+    """Activation-clone term of (B, T, ...) activations, fp32 (METHOD §3.9):
+        mse         mean squared error over all elements (nn.MSELoss), LRC's term
+        skip-first  the same without position 0 of each sequence, where a teacher's attention sink puts
+                    activations orders of magnitude above the rest
+        relative    the MSE divided by the teacher activation's mean square (a constant of the step), so each
+                    term is a relative error and no term's scale dominates the sum"""
+    if kind == "skip-first":
+        student_act, teacher_act = student_act[:, 1:], teacher_act[:, 1:]
+    mse = (student_act.float() - teacher_act.float()).pow(2).mean()
+    if kind == "relative":
+        mse = mse / teacher_act.detach().float().pow(2).mean().clamp_min(1e-20)
+    return mse
 
 
 def orthogonality_penalty(P: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -136,8 +147,8 @@ class TeacherTargets:
 class CloneLoss:
     """The clone MSE terms of one student forward, summed over layers into `loss[term]` as `tap` sees them."""
 
-    def __init__(self, targets: TeacherTargets, teacher, student: Student, terms=CLONE_TERMS):
-        self.targets, self.teacher, self.student = targets.acts, teacher, student
+    def __init__(self, targets: TeacherTargets, teacher, student: Student, terms=CLONE_TERMS, kind: str = "mse"):
+        self.targets, self.teacher, self.student, self.kind = targets.acts, teacher, student, kind
         self.loss = {term: 0.0 for term in terms}
 
     def tap(self, layer: int, name: str, x: torch.Tensor):
@@ -154,7 +165,7 @@ class CloneLoss:
             self.add(name, x, self.targets[layer, name])
 
     def add(self, term: str, x: torch.Tensor, target: torch.Tensor):
-        value = clone_mse(x, target)  # also when replaying: checkpointing matches the saved tensors by order
+        value = clone_mse(x, target, self.kind)  # also when replaying: checkpointing matches the saved tensors by order
         if not replaying():           # a block recomputed in the backward: this term is counted already
             self.loss[term] = self.loss[term] + value
 

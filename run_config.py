@@ -18,13 +18,14 @@ from dataclasses import dataclass, field
 import cli
 from checkpoint import RunError
 from init_select import KINDS, add_init_arguments
-from kd_loss import CLONE_TERMS, KL_REDUCTIONS
+from kd_loss import CLONE_LOSSES, CLONE_TERMS, KL_REDUCTIONS
 from load_weights import read_config
 from student import default_width
 
 PRESETS = {"red": dict(init="select", importance="red", kl_temperature=1.0, alpha=0.2),
            "lrc": dict(init="gaussian", kl_temperature=40.0, alpha=0.2)}
-MAY_CHANGE = ("steps", "eval_every", "ckpt_every", "eval_problems", "device", "kd_chunk", "recompute", "out")
+MAY_CHANGE = ("steps", "stop_at", "eval_every", "ckpt_every", "eval_problems", "device", "kd_chunk", "recompute",
+              "out")
 
 
 @dataclass
@@ -43,6 +44,7 @@ class Config:
     kl_reduction: str = "seq_sum"
     alpha: float = 0.2
     clone_terms: list = field(default_factory=lambda: list(CLONE_TERMS))
+    clone_loss: str = "mse"           # mse (LRC's), skip-first (position 0 left out) or relative
     orth_reg: float = 0.0             # lambda of the orthogonal-regularisation baseline (0: off)
     kd_chunk: int = 1024              # tokens per chunk of the CE + KL (0: the full logits at once)
     recompute: bool = False           # activation checkpointing of the student's blocks
@@ -57,6 +59,7 @@ class Config:
     val_windows: int = 32
     eval_every: int = 50
     ckpt_every: int = 100
+    stop_at: int = 0                  # stop (checkpointed) after this step, the schedule still that of --steps
     eval_problems: int = 50
     seed: int = 0
     device: str = ""                  # "" = cuda when available
@@ -85,6 +88,9 @@ def flag_parser() -> argparse.ArgumentParser:
     add("--kl-reduction", choices=KL_REDUCTIONS, help="seq_sum (LRC's code, default) or token_mean")
     add("--alpha", type=cli.float_in(0), help="weight of the clone MSE terms (default 0.2)")
     add("--clone-terms", type=clone_terms, help="comma-separated subset of " + ",".join(CLONE_TERMS))
+    add("--clone-loss", choices=CLONE_LOSSES, help="mse (LRC's, default), skip-first (leave position 0, the "
+                                                  "attention sink, out of every clone term) or relative (each "
+                                                  "term divided by the teacher activation's mean square)")
     add("--orth-reg", type=cli.float_in(0), help="lambda of the penalty lambda * sum ||P^T P - I||_F^2 on every "
                                                  "projection (RED's orthogonal-regularisation baseline; default 0)")
     add("--kd-chunk", type=cli.int_at_least(0), help="tokens per chunk of the CE + KL, computed from the LM heads "
@@ -102,6 +108,9 @@ def flag_parser() -> argparse.ArgumentParser:
     add("--val-windows", type=cli.int_at_least(1), help="held-out windows measured per validation (default 32)")
     add("--eval-every", type=cli.int_at_least(1), help="steps between validations (default 50)")
     add("--ckpt-every", type=cli.int_at_least(1), help="steps between checkpoints (default 100)")
+    add("--stop-at", type=cli.int_at_least(0), help="stop after this step with a checkpoint, the learning-rate "
+                                                    "schedule still that of --steps; continue with --resume "
+                                                    "(0, the default: run to --steps)")
     add("--eval-problems", type=cli.int_at_least(0), help="synthetic 2-step problems for the final accuracy "
                                                          "(default 50; 0: skip)")
     add("--seed", type=cli.int_at_least(0))

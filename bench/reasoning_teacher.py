@@ -1,12 +1,18 @@
 """Train, from scratch, a small Llama that does multi-step arithmetic: a teacher with reasoning to lose.
 
 The example teacher (SmolLM2-135M-Instruct) solves almost none of eval_reasoning.py's synthetic problems, so
-on it a student has no reasoning to keep or lose. This script makes a teacher that has some:
+on it a student has no reasoning to keep or lose. This script makes a teacher that has some, and (with
+--text-fraction > 0) some general ability beside it, so that a student's reasoning can be compared with its
+general fit:
   - a byte-level BPE tokenizer (trained here with `tokenizers`, a test dependency) that splits every digit
     into its own token, so "47" is "4", "7" and carrying is learnable; tokenizer.py reads it like any other;
   - a ~3M-parameter Llama (model.Transformer: 4 layers, width 256, 8 query / 4 kv heads, SwiGLU 768);
   - next-token loss on the worked solution only ("Answer: ..." and the eos), not on the question, with one
     problem per row (rows of a batch share a step count, so little padding and no attention across problems);
+  - general text: English technical prose that every Python install carries (CPython's pydoc topics and the
+    standard library's docstrings, `general_documents`), one document in ten held out; a --text-fraction of
+    the batches are windows of it with the loss on every token. The two splits are written beside the
+    checkpoint (text_train.jsonl, text_heldout.jsonl) for students and their general perplexity;
   - AdamW with distill.py's schedule (linear warmup, linear decay), a step count fitted to --minutes;
   - greedy accuracy per step count (1-6) on held-out problems (seeds never used for training, questions
     checked against everything trained on), through eval_reasoning.evaluate, as the paper's metric.
@@ -15,13 +21,15 @@ distill.py, erank.py and eval_reasoning.py all load.
 
 Builds on model.py, load_weights.py (save_model), tokenizer.py, problems.py, eval_reasoning.py (the
 solution-only loss, evaluation) and distill.py (get_lr). Run as:
-    python bench/reasoning_teacher.py --out out/reasoning-teacher [--minutes 40] [--eval-per-step 500]
+    python bench/reasoning_teacher.py --out out/reasoning-teacher [--minutes 60] [--text-fraction 0.25]
 """
 import argparse
+import ast
 import json
 import math
 import os
 import random
+import sysconfig
 import shutil
 import sys
 import tempfile
@@ -33,6 +41,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import cli  # noqa: E402
 import eval_reasoning as er  # noqa: E402
 from distill import get_lr  # noqa: E402
+from data import cut_windows, tokenize_documents  # noqa: E402
+from erank import measure_model  # noqa: E402
 from eval_reasoning import encode_problem, solution_batch, solution_loss  # noqa: E402
 from load_weights import save_model  # noqa: E402
 from model import ModelArgs, Transformer  # noqa: E402
@@ -42,13 +52,48 @@ from tokenizer import load_tokenizer  # noqa: E402
 STEP_COUNTS = (1, 2, 3, 4, 5, 6)
 EOS = "<|endoftext|>"
 WARMUP, PROBE = 100, 20  # PROBE < WARMUP: the lr of the timed probe steps does not depend on the total
+TEXT_LEN = 256  # tokens per general-text window
+HELD_OUT_EVERY = 10  # every 10th general document (in a fixed order) is held out
+
+
+# ---------------------------------------------------------------------------------------------------------
+# General text: what every Python install carries
+
+def general_documents() -> list[str]:
+    """CPython's pydoc topics and the standard library's module, class and function docstrings of more than
+    200 characters (tests and tool packages left out), in a fixed order: about 1.7 MB of English technical
+    prose on Python 3.11. Read with `ast`, so no module is imported."""
+    from pydoc_data.topics import topics
+    docs = [topics[key] for key in sorted(topics)]
+    root = sysconfig.get_paths()["stdlib"]
+    skip = {"test", "tests", "idlelib", "site-packages", "dist-packages", "__pycache__", "lib2to3", "turtledemo"}
+    for directory, subdirs, files in os.walk(root):  # top-down, subdirectories pruned and sorted in place
+        subdirs[:] = sorted(d for d in subdirs if d not in skip)
+        for name in sorted(f for f in files if f.endswith(".py")):
+            try:
+                with open(os.path.join(directory, name), encoding="utf-8") as f:
+                    tree = ast.parse(f.read())
+            except (SyntaxError, UnicodeDecodeError, ValueError):
+                continue
+            for node in ast.walk(tree):
+                if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+                    text = ast.get_docstring(node)
+                    if text and len(text) > 200:
+                        docs.append(text)
+    return docs
+
+
+def split_general(docs: list[str]) -> tuple[list[str], list[str]]:
+    """(train, held out): every HELD_OUT_EVERY-th document is held out, never trained on by teacher or student."""
+    return ([d for i, d in enumerate(docs) if i % HELD_OUT_EVERY],
+            [d for i, d in enumerate(docs) if i % HELD_OUT_EVERY == 0])
 
 
 # ---------------------------------------------------------------------------------------------------------
 # Tokenizer: byte-level BPE, one token per digit
 
-def train_tokenizer(directory: str, vocab_size: int, seed: int):
-    """Write tokenizer.json + tokenizer_config.json (eos only, no bos) trained on synthetic problems."""
+def train_tokenizer(directory: str, vocab_size: int, seed: int, texts: list[str]):
+    """Write tokenizer.json + tokenizer_config.json (eos only, no bos) trained on synthetic problems + texts."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     tok = Tokenizer(models.BPE())
     # digits first split one by one (Qwen2 / SmolLM2 style), then GPT-2's byte-level pre-tokenisation
@@ -58,7 +103,7 @@ def train_tokenizer(directory: str, vocab_size: int, seed: int):
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[EOS], show_progress=False,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     problems = [p for k in STEP_COUNTS for p in make_synthetic(300, k, seed=seed + 7919 * k)]
-    tok.train_from_iterator([qa_text(p["question"], p["answer"]) for p in problems], trainer)
+    tok.train_from_iterator([qa_text(p["question"], p["answer"]) for p in problems] + texts, trainer)
     tok.save(os.path.join(directory, "tokenizer.json"))
     with open(os.path.join(directory, "tokenizer_config.json"), "w") as f:
         json.dump({"eos_token": EOS, "bos_token": None, "model_max_length": 512}, f)
@@ -76,6 +121,14 @@ def make_batch(tok, rng: random.Random, tokens_per_batch: int, held_out: set) ->
         if problem["question"] not in held_out:  # never train on an evaluation question
             rows.append(encode_problem(tok, problem))
     return solution_batch(rows, tok.eos_id)
+
+
+def text_batch(stream: torch.Tensor, rng: random.Random, tokens_per_batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(tokens (B, TEXT_LEN), loss mask (B, TEXT_LEN - 1) all true): windows cut at random offsets of the packed
+    general-text stream (N,), the loss on every token."""
+    starts = [rng.randrange(len(stream) - TEXT_LEN) for _ in range(max(1, tokens_per_batch // TEXT_LEN))]
+    tokens = torch.stack([stream[i:i + TEXT_LEN] for i in starts])
+    return tokens, torch.ones(tokens.shape[0], TEXT_LEN - 1, dtype=torch.bool)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -103,10 +156,18 @@ def accuracy_by_steps(model, tok, held_out: dict, batch_size: int) -> dict:
     return results
 
 
+def text_perplexity(model, windows: torch.Tensor) -> float:
+    """Perplexity on held-out general-text windows (erank.measure_model, the one measurement)."""
+    model.eval()
+    ppl = measure_model(model, windows, layers=False)["ppl"]
+    model.train()
+    return round(ppl, 3)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", default="out/reasoning-teacher", help="output HF checkpoint directory")
-    parser.add_argument("--minutes", type=float, default=40.0, help="training time budget (steps fitted to it)")
+    parser.add_argument("--minutes", type=float, default=60.0, help="training time budget (steps fitted to it)")
     parser.add_argument("--steps", type=int, help="optimizer steps (default: as many as fit in --minutes)")
     parser.add_argument("--tokens-per-batch", type=int, default=4096)
     parser.add_argument("--lr", type=float, default=2e-3)
@@ -115,7 +176,9 @@ def main():
     parser.add_argument("--heads", type=int, default=8)
     parser.add_argument("--kv-heads", type=int, default=4)
     parser.add_argument("--ffn", type=int, default=768)
-    parser.add_argument("--vocab", type=int, default=340, help="BPE vocabulary size (256 bytes + merges)")
+    parser.add_argument("--vocab", type=int, default=1024, help="BPE vocabulary size (256 bytes + merges)")
+    parser.add_argument("--text-fraction", type=float, default=0.25,
+                        help="fraction of the batches that are general text (0: problems only, the old recipe)")
     parser.add_argument("--eval-per-step", type=int, default=500, help="held-out problems per step count")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--seed", type=int, default=0)
@@ -127,8 +190,14 @@ def main():
     start_time = time.time()
 
     staging = tempfile.mkdtemp(prefix="red-reasoning-teacher-")
-    train_tokenizer(staging, args.vocab, args.seed)
+    text_train, text_held = split_general(general_documents()) if args.text_fraction > 0 else ([], [])
+    train_tokenizer(staging, args.vocab, args.seed, text_train)
     tok = load_tokenizer(staging)
+    if text_train:  # packed as data.py packs every source (eos after each document)
+        text_stream = torch.from_numpy(tokenize_documents(text_train, tok).astype("int64"))         # (N,)
+        text_windows = torch.from_numpy(cut_windows(tokenize_documents(text_held, tok), TEXT_LEN).astype("int64"))
+        print(f"general text: {len(text_train)} documents, {len(text_stream):,} tokens to train on; "
+              f"{len(text_held)} held out, {len(text_windows)} windows of {TEXT_LEN}")
     model = build_model(tok.vocab_size, args)
     n_params = sum(p.numel() for p in model.parameters())
     # held-out problems: seeds the training stream never uses, and their questions are excluded from training
@@ -151,7 +220,10 @@ def main():
         lr = get_lr(step, lr=args.lr, warmup=WARMUP, steps=steps or WARMUP)  # distill.py's schedule
         for group in optimizer.param_groups:
             group["lr"] = lr
-        tokens, mask = make_batch(tok, rng, args.tokens_per_batch, held_out_questions)
+        if text_train and rng.random() < args.text_fraction:
+            tokens, mask = text_batch(text_stream, rng, args.tokens_per_batch)
+        else:
+            tokens, mask = make_batch(tok, rng, args.tokens_per_batch, held_out_questions)
         loss = solution_loss(model, tokens, mask)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -165,8 +237,9 @@ def main():
         if steps is not None and step % max(1, steps // 4) == 0 and step < steps:  # the learning curve
             quick = {k: v[:50] for k, v in held_out.items()}
             acc = {k: r["accuracy"] for k, r in accuracy_by_steps(model, tok, quick, 64).items()}
-            curve.append({"step": step, "loss": round(loss.item(), 4), "quick_accuracy": acc})
-            print(f"  quick accuracy (50 per step count): {acc}", flush=True)
+            text_ppl = text_perplexity(model, text_windows[:32]) if text_train else None
+            curve.append({"step": step, "loss": round(loss.item(), 4), "quick_accuracy": acc, "text_ppl": text_ppl})
+            print(f"  quick accuracy (50 per step count): {acc}; held-out text ppl {text_ppl}", flush=True)
     train_minutes = (time.time() - t_train) / 60
 
     # the checkpoint: model.py's own save, with the staging dir's tokenizer files and eos id carried over
@@ -174,6 +247,9 @@ def main():
         json.dump(model.args.to_hf_config() | {"eos_token_id": tok.eos_id, "bos_token_id": None}, f)
     save_model(model.eval(), args.out, like=staging)
     shutil.rmtree(staging)
+    if text_train:  # the general text's two splits, for the students' data and their general perplexity
+        er.write_jsonl(os.path.join(args.out, "text_train.jsonl"), [{"text": d} for d in text_train])
+        er.write_jsonl(os.path.join(args.out, "text_heldout.jsonl"), [{"text": d} for d in text_held])
     results = accuracy_by_steps(model, tok, held_out, 64)
     print(f"\nheld-out greedy accuracy ({args.eval_per_step} problems per step count, zero-shot):")
     print(f"{'steps':>5s} {'accuracy':>9s} {'95% Wilson':>16s} {'tokens/s':>9s}")
@@ -182,6 +258,11 @@ def main():
     for k, r in results.items():
         print(f"{k:5d} {r['accuracy']:9.3f}   [{r['lo']:.3f}, {r['hi']:.3f}] {r['tokens_per_s']:9.0f}")
         report["accuracy"][k] = {"accuracy": r["accuracy"], "lo": r["lo"], "hi": r["hi"], "n": r["n"]}
+    if text_train:
+        m = measure_model(model, text_windows)
+        report["text_ppl"], report["text_erank"] = m["ppl"], m["erank_sq"]
+        print(f"held-out general text: perplexity {m['ppl']:.2f}, residual eRank {m['erank_sq']:.1f} "
+              f"({len(text_windows)} windows of {TEXT_LEN})")
     with open(os.path.join(args.out, "training_report.json"), "w") as f:
         json.dump(report, f, indent=1)
     print(f"{args.out}: {n_params / 1e6:.2f}M parameters, {steps} steps, {train_minutes:.1f} min training, "

@@ -75,24 +75,33 @@ def write_corpus(path: str, n_per_step: int, steps: list[int], seed: int):
     er.write_jsonl(path, [p for k in steps for p in make_synthetic(n_per_step, k, seed=seed + 101 * k)])
 
 
-def run_tool(args, script: str, flags: list, log: str) -> float:
-    """Run one of red's CLIs as a user runs it; returns its wall time in seconds. Output goes to `log`."""
-    start = time.time()
-    with open(log, "w") as f:
+def run_tool(args, script: str, flags: list, log: str, *, append: bool = False, tolerate: str = "") -> float | None:
+    """Run one of red's CLIs as a user runs it; returns its wall time in seconds, or None when it failed with
+    `tolerate` in its output (e.g. a diverged loss). Output goes to (or, append, is added to) `log`."""
+    start, size = time.time(), os.path.getsize(log) if append and os.path.exists(log) else 0
+    with open(log, "a" if append else "w") as f:
         result = subprocess.run([sys.executable, os.path.join(ROOT, script), *map(str, flags)], stdout=f,
                                 stderr=subprocess.STDOUT, cwd=ROOT)
     if result.returncode != 0:
+        with open(log) as f:
+            if tolerate and tolerate in f.read()[size:]:
+                return None
         sys.exit(f"error: {script} failed (exit {result.returncode}) - see {log}")
     return time.time() - start
 
 
-def make_init(args, kind: str) -> str:
-    """init_select.py --init KIND on the training data: the init file every arm with that init starts from."""
-    path = os.path.join(args.out, "inits", f"{kind}.safetensors")
+def make_init(args, kind: str, seed: int | None = None) -> str:
+    """init_select.py --init KIND on the training data: the init file every arm with that init (and seed)
+    starts from. With a seed given, an init file already made for it is reused."""
+    name = kind if seed is None else f"{kind}-s{seed}"
+    path = os.path.join(args.out, "inits", f"{name}.safetensors")
+    if seed is not None and os.path.exists(path):
+        return path
     os.makedirs(os.path.dirname(path), exist_ok=True)
     run_tool(args, "init_select.py", ["--teacher", args.teacher, "--width", args.width, "--calib", args.data,
                                       "--init", kind, "--seq-len", args.seq_len, "--n-calib", 16, "--n-eval", 1,
-                                      "--seed", args.seed, "--out", path, "--device", "cpu"], path + ".log")
+                                      "--seed", args.seed if seed is None else seed, "--out", path,
+                                      "--device", "cpu"], path + ".log")
     return path
 
 

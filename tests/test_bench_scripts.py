@@ -2,15 +2,16 @@
 students), plot_runs.py (eRank and projection spectra over a real distill.py run) and proxy_theory.py (the
 autoencoder from three inits), each printing its table and, with matplotlib, writing its picture; and
 bench_gpu.py's sweep and checks on a tiny model on the CPU; paper_shapes.py's released 3B configurations
-through distill.py and back through transformers.
+through distill.py and back through transformers; clone_loss_lr.py's grid, its table read from the runs.
 
 Builds on bench/importance.py, bench/plot_runs.py, bench/proxy_theory.py, bench/bench_gpu.py,
-bench/paper_shapes.py and distill.py,
+bench/paper_shapes.py, bench/clone_loss_lr.py and distill.py,
 with conftest.py's tiny teacher.
 Run as: pytest tests/test_bench_scripts.py -q
 """
 import csv
 import importlib.util
+import json
 import os
 import subprocess
 import sys
@@ -52,6 +53,27 @@ def test_plot_runs_reads_a_distill_run(teacher, tmp_path):
     assert [int(r[1]) for r in table] == [0, 2, 4]  # step 0 and every validation
     assert float(table[0][3]) == 1.0 and float(table[0][4]) == pytest.approx(1.0)  # selection: an even spectrum
     assert (result.returncode == 0) == HAVE_MPL and (tmp_path / "runs.png").exists() == HAVE_MPL
+
+
+def test_clone_loss_lr_runs_its_grid_from_one_init(teacher, tmp_path):
+    out = tmp_path / "grid"
+    flags = ["bench/clone_loss_lr.py", "--teacher", teacher, "--width", 32, "--lrs", 1e-3, "--clone-losses", "mse",
+             "relative", "--steps", 3, "--batch-size", 2, "--seq-len", 32, "--data", "problems:200", "--out", out]
+    result = run(*flags)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    with open(out / "results.csv") as f:
+        rows = {r["clone_loss"]: r for r in csv.DictReader(f)}
+    inits = [f for f in os.listdir(out / "inits") if f.endswith(".safetensors")]
+    assert set(rows) == {"mse", "relative"} and inits == ["select-s0.safetensors"]  # one init for every run
+    for kind, r in rows.items():  # the start scales are the logged terms of the run's first steps
+        logged = [json.loads(line) for line in open(out / f"lr0.001-{kind}.run" / "metrics.jsonl")]
+        steps = [x for x in logged if "loss" in x]
+        assert float(r["start_mlp_out"]) == pytest.approx(sum(x["mlp_out"] for x in steps) / 3)
+        assert float(r["step0_erank"]) == pytest.approx(logged[0]["erank"])
+    assert float(rows["relative"]["start_q"]) != pytest.approx(float(rows["mse"]["start_q"]))
+    assert (out / "results.md").read_text().count("\n| 0.001 |") == 2
+    again = run(*flags, "--resume")  # nothing left to run: the table is rewritten from results.csv
+    assert again.returncode == 0 and "done in" not in again.stdout
 
 
 def test_proxy_theory_runs_three_inits(teacher, tmp_path):

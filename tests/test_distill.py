@@ -259,7 +259,7 @@ def wait_for_checkpoint(proc, run_dir: str, step: int):
         time.sleep(0.02)
 
 
-def test_resume_after_kill_equals_uninterrupted_run(tiny_teacher, corpus, tmp_path):
+def test_resume_after_kill_or_stop_at_equals_uninterrupted_run(tiny_teacher, corpus, tmp_path):
     teacher_dir = tiny_teacher("llama")
     args = lambda out: small_run(teacher_dir, corpus, out, "--steps", 30, "--ckpt-every", 3, "--eval-every", 7)
     run_distill(*args(tmp_path / "straight"))
@@ -274,6 +274,15 @@ def test_resume_after_kill_equals_uninterrupted_run(tiny_teacher, corpus, tmp_pa
     assert max((a[k] - b[k]).abs().max() for k in a) <= 1e-6
     steps = [r["step"] for r in ckpt.read_metrics(str(killed) + ".run")]
     assert steps == list(range(31)), steps  # each step once: lines past the checkpoint were cut on resume
+    # --stop-at splits the same run into segments (the schedule stays that of --steps): no student until the end
+    split = tmp_path / "split"
+    run_distill(*args(split), "--stop-at", 10)
+    assert ckpt.latest_checkpoint(str(split) + ".run").endswith("checkpoint-00000010") and not split.exists()
+    run_distill(*args(split), "--resume", "--stop-at", 20)
+    run_distill(*args(split), "--resume", "--stop-at", 0)
+    c = latest_state(split)
+    assert max((a[k] - c[k]).abs().max() for k in a) <= 1e-6 and split.is_dir()
+    assert [r["step"] for r in ckpt.read_metrics(str(split) + ".run")] == list(range(31))
 
 
 def test_resume_refuses_what_would_change_the_run(tiny_teacher, corpus, tmp_path, capsys):

@@ -9,7 +9,8 @@ import torch
 
 from conftest import recorder
 from init_select import init_projections
-from kd_loss import CLONE_TERMS, CloneLoss, TeacherTargets, ce_loss, chunked_ce_kl, kl_loss, orthogonality_penalty
+from kd_loss import (CLONE_TERMS, CloneLoss, TeacherTargets, ce_loss, chunked_ce_kl, clone_mse, kl_loss,
+                     orthogonality_penalty)
 from load_weights import load_model
 from student import Student
 
@@ -32,7 +33,7 @@ def test_ce_is_next_token_cross_entropy():
     assert torch.allclose(ce_loss(logits, tokens), expected, atol=1e-6)
 
 
-def clone_run(tiny_model, terms=CLONE_TERMS):
+def clone_run(tiny_model, terms=CLONE_TERMS, kind="mse"):
     """(teacher, student, projections, clone loss, every teacher activation, every student activation)."""
     teacher = load_model(tiny_model("qwen2"))
     proj, norms, _ = init_projections("gaussian", teacher, 32, seed=1)
@@ -44,15 +45,18 @@ def clone_run(tiny_model, terms=CLONE_TERMS):
         targets = TeacherTargets(terms)
         teacher(tokens, tap=targets.tap)
         teacher(tokens, tap=t_tap)
-        clone = CloneLoss(targets, teacher, student, terms)
+        clone = CloneLoss(targets, teacher, student, terms, kind)
         student(tokens, tap=clone.tap)
         student(tokens, tap=s_tap)
     return teacher, student, proj, clone, t_all, s_all
 
 
-def test_clone_terms_against_hand_built_activations(tiny_model):
-    teacher, _, proj, clone, t_all, s_all = clone_run(tiny_model)
-    mse = lambda a, b: ((a - b) ** 2).mean()
+@pytest.mark.parametrize("kind", ["mse", "skip-first", "relative"])
+def test_clone_terms_against_hand_built_activations(tiny_model, kind):
+    teacher, _, proj, clone, t_all, s_all = clone_run(tiny_model, kind=kind)
+    mse = {"mse": lambda a, b: ((a - b) ** 2).mean(),
+           "skip-first": lambda a, b: ((a[:, 1:] - b[:, 1:]) ** 2).mean(),  # positions 1.. of each sequence
+           "relative": lambda a, b: ((a - b) ** 2).mean() / (b ** 2).mean()}[kind]
     for name in ("q", "k", "v", "gate", "up"):
         expected = sum(mse(s_all[f"{i}.{name}"], t_all[f"{i}.{name}"]) for i in range(2))
         assert torch.allclose(clone.loss[name], expected, rtol=1e-5), name
@@ -64,6 +68,20 @@ def test_clone_terms_against_hand_built_activations(tiny_model):
     expected = sum(mse(s_all[f"{i}.mlp_out"], t_all[f"{i}.mlp_out"] @ proj[f"layers.{i}.down"]) for i in range(2))
     assert torch.allclose(clone.loss["mlp_out"], expected, rtol=1e-5)
     assert torch.allclose(clone.total(), sum(clone.loss.values()))
+
+
+def test_skip_first_leaves_position_0_out_and_relative_is_scale_free():
+    g = torch.Generator().manual_seed(4)
+    s, t = torch.randn(2, 7, 5, generator=g), torch.randn(2, 7, 5, generator=g)
+    sink_s, sink_t = s.clone(), t.clone()
+    sink_s[:, 0], sink_t[:, 0] = 1e4, -3e4  # a massive activation at position 0 only
+    assert clone_mse(sink_s, sink_t, "skip-first") == clone_mse(s, t, "skip-first")
+    assert clone_mse(sink_s, sink_t) > 1e7 * clone_mse(s, t)  # ... which dominates LRC's term
+    assert torch.allclose(clone_mse(100 * s, 100 * t, "relative"), clone_mse(s, t, "relative"))
+    t.requires_grad_(True)  # the normaliser is a constant: the gradient is that of the MSE, scaled
+    clone_mse(s, t, "relative").backward()
+    expected = 2 * (t - s).detach() / t.numel() / t.detach().pow(2).mean()
+    assert torch.allclose(t.grad, expected, rtol=1e-5)
 
 
 def test_only_the_chosen_terms_are_recorded_and_summed(tiny_model):

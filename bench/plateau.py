@@ -1,0 +1,424 @@
+"""Reasoning collapse or under-training? Every arm trained to a plateau at its own learning rate, several seeds,
+measured along the way, then compared at equal fit.
+
+Within a short budget a random-init student fits the teacher worse than RED's, so its low accuracy may only
+mean it has not learned yet. This harness separates the two (docs/METHOD.md §4.5):
+  1. sweep: each arm (red_vs_lrc.RUNS) for --sweep-steps at every --sweep-lrs (seed 0); its best learning rate
+     is the one with the lowest final validation loss (distill.py's held-out windows of the training data,
+     the student's next-token loss: the same quantity for every arm, and no test problem is looked at);
+  2. long runs: each arm at its best learning rate for --steps, once per --seeds; each run is one distill.py
+     run split by --stop-at into --points segments (the schedule is that of --steps throughout); after each
+     segment its checkpoint is measured: solution perplexity, general-text perplexity (held-out documents of
+     the teacher's general corpus), perplexity and per-layer residual eRank on held-out problem windows, eRank
+     on the general text, greedy accuracy at each step count, and distill.py's own validation loss and
+     projection spectra at that step;
+  3. report: plateau.md (sweep, final table with mean and spread over seeds, the plateau criterion, equal-fit
+     table, Table 6's factorial), points.csv, and with matplotlib accuracy_vs_fit.png and erank_steps.png.
+Everything is kept under --out; `--resume` continues after a stop (--max-minutes, Ctrl-C, a kill) without
+redoing a finished segment, so a long experiment is split into commands of bounded length.
+The data: the teacher's training problems (bench/red_vs_lrc.py's synthetic corpus) and its general text
+(bench/reasoning_teacher.py writes text_train.jsonl / text_heldout.jsonl beside the checkpoint).
+
+Builds on bench/red_vs_lrc.py (arms, init files, measurement), distill.py (run as a user runs it, with
+--stop-at and --resume), student.py, erank.py, data.py, checkpoint.py. Run as:
+    python bench/plateau.py --teacher out/reasoning-teacher --out out/plateau [--resume] [--max-minutes 55]
+"""
+import argparse
+import csv
+import json
+import math
+import os
+import sys
+import time
+
+import numpy as np
+from safetensors.torch import load_file
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import checkpoint as ckpt  # noqa: E402
+import cli  # noqa: E402
+from bench import red_vs_lrc as rvl  # noqa: E402
+from data import load_windows  # noqa: E402
+from erank import measure_model  # noqa: E402
+from init_select import read_init  # noqa: E402
+from load_weights import fingerprint, load_model  # noqa: E402
+from student import Student  # noqa: E402
+from tokenizer import load_tokenizer  # noqa: E402
+
+ARMS = ["red", "lrc", "select@T40", "red+gaussian", "red+orthogonal", "red+orthreg"]  # Tables 6 and 7
+FIXED = ("teacher", "width", "steps", "points", "batch_size", "seq_len", "sweep_steps", "sweep_lrs", "text_weight",
+         "corpus_per_step", "eval_per_step", "steps_list", "orth_reg")  # may not change on --resume
+
+
+class OutOfTime(Exception):
+    """--max-minutes reached: stop between segments; the same command with --resume continues."""
+
+
+def plateau(points: list[tuple[int, float]], tail: float = 0.2, tol: float = 0.01) -> tuple[bool, float]:
+    """(flattened, relative change) of a loss curve [(step, loss), ...] in step order: the change from the
+    last point at or before step (1 - tail) * final step to the final point, relative to the former. The
+    curve has flattened when that change is below `tol` (1 % over the last 20 % of the steps)."""
+    last_step, last = points[-1]
+    before = [loss for step, loss in points if step <= (1 - tail) * last_step]
+    if not before:
+        return False, math.inf
+    change = abs(last - before[-1]) / abs(before[-1])
+    return change < tol, change
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Runs
+
+def distill_flags(args, name: str, seed: int, lr: float, steps: int, every: int) -> list:
+    """distill.py's flags for one run of arm `name` (its init file made once per init kind and seed)."""
+    kind, flags = rvl.RUNS[name]
+    flags = [str(args.orth_reg) if f == "ORTH_REG" else f for f in flags]
+    init = rvl.make_init(args, kind, seed)
+    return ["--teacher", args.teacher, "--width", args.width, "--data", args.data,
+            f"{args.text_train}:{args.text_weight}", "--init", init, "--steps", steps, "--seq-len", args.seq_len,
+            "--batch-size", args.batch_size, "--lr", lr, "--eval-every", every, "--ckpt-every", every,
+            "--seed", seed, "--eval-problems", 0, *flags]
+
+
+def continue_run(args, out: str, flags: list, stop_at: int) -> float | None:
+    """distill.py up to step `stop_at` (a fresh run, or --resume of one with a checkpoint); wall seconds, or
+    None when the loss diverged."""
+    again = ["--resume"] if ckpt.latest_checkpoint(out + ".run") else ["--overwrite"]
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    return rvl.run_tool(args, "distill.py", [*flags, "--stop-at", stop_at, "--out", out, *again], out + ".log",
+                        append=again == ["--resume"], tolerate="error: loss is ")
+
+
+def final_val_loss(run_dir: str) -> float:
+    return [r for r in ckpt.read_metrics(run_dir) if "val_loss" in r][-1]["val_loss"]
+
+
+def sweep(args, check_time) -> dict[str, float]:
+    """arm -> best learning rate; every (arm, lr) run's final validation loss in sweep.csv."""
+    rows = read_rows(os.path.join(args.out, "sweep.csv"))
+    done = {(r["arm"], float(r["lr"])) for r in rows}
+    for name in args.arms:
+        for lr in args.sweep_lrs:
+            if (name, lr) in done:
+                continue
+            check_time()
+            out = os.path.join(args.out, "sweep", f"{name}-lr{lr:g}")
+            flags = distill_flags(args, name, 0, lr, args.sweep_steps, args.sweep_steps)
+            t0 = time.time()
+            diverged = continue_run(args, out, flags, args.sweep_steps) is None
+            loss = math.inf if diverged else final_val_loss(out + ".run")
+            rows.append({"arm": name, "lr": lr, "val_loss": loss if math.isfinite(loss) else math.inf,
+                         "minutes": round((time.time() - t0) / 60, 2)})
+            write_rows(os.path.join(args.out, "sweep.csv"), rows)
+            print(f"sweep {name:15s} lr {lr:g}: val loss {loss:.4f} ({(time.time() - t0) / 60:.1f} min)", flush=True)
+    best = {}
+    for name in args.arms:
+        tried = [r for r in rows if r["arm"] == name]
+        best[name] = float(min(tried, key=lambda r: float(r["val_loss"]))["lr"])
+    return best
+
+
+def long_run(args, name: str, seed: int, lr: float, teacher, tok, held, check_time):
+    """One arm and seed to --steps in --points segments; step 0 (its init file) and each segment's checkpoint
+    measured, one points.csv row each."""
+    out = os.path.join(args.out, "runs", f"{name}-s{seed}")
+    done = {int(r["step"]) for r in read_rows(os.path.join(args.out, "points.csv"))
+            if r["arm"] == name and int(r["seed"]) == seed}
+    every = args.steps // args.points
+    flags = distill_flags(args, name, seed, lr, args.steps, every)
+    for step in [every * k for k in range(1, args.points + 1)]:
+        if step in done:
+            continue
+        check_time()
+        seconds = continue_run(args, out, flags, step)
+        if seconds is None:
+            cli.fail(f"{name} seed {seed}: the loss diverged at lr {lr:g} (see {out}.log) - drop that rate from "
+                     "--sweep-lrs and rerun with --resume")
+        if 0 not in done:  # the step-0 student is the init file; its validation record is the run's first line
+            init, _ = read_init(flags[flags.index("--init") + 1], teacher, args.fingerprint)
+            measure_point(args, name, seed, lr, 0, init.merge(), tok, held, 0.0)
+            done.add(0)
+        state = load_file(os.path.join(ckpt.checkpoint_dir(out + ".run", step), "student.safetensors"))
+        measure_point(args, name, seed, lr, step, Student.from_state_dict(teacher, state).merge(), tok, held, seconds)
+
+
+def measure_point(args, name: str, seed: int, lr: float, step: int, model, tok, held, train_s: float):
+    """One points.csv row: the student at `step` measured on the held-out data, with distill.py's own
+    validation loss and the median s_max / s_min of its projections at that step."""
+    t0 = time.time()
+    row, _ = rvl.measure(model, tok, held[:3], args)
+    text = measure_model(model, held[3])
+    run_dir = os.path.join(args.out, "runs", f"{name}-s{seed}.run")
+    record = [r for r in ckpt.read_metrics(run_dir) if r["step"] == step and "val_loss" in r][-1]
+    path = os.path.join(args.out, "points.csv")
+    rows = read_rows(path)
+    rows.append({"arm": name, "seed": seed, "lr": lr, "step": step, "tokens": step * args.batch_size * args.seq_len,
+                 **{k: row[k] for k in ("solution_ppl", "val_ppl", "erank_sq", "erank_rv")},
+                 "general_ppl": text["ppl"], "erank_general": text["erank_sq"], "val_loss": record["val_loss"],
+                 "spectrum_ratio": float(np.median([s[0] / s[2] for s in record["spectrum"].values()])),  # max / min
+                 **{f"acc_{k}": row[f"acc_{k}"] for k in args.steps_list},
+                 "train_s": round(train_s, 1), "measure_s": round(time.time() - t0, 1)})
+    write_rows(path, rows)
+    print(f"{name:15s} seed {seed} step {step:5d}: sol ppl {row['solution_ppl']:.3f} general ppl {text['ppl']:.2f} "
+          f"eRank {row['erank_sq']:.1f} acc " + " ".join(f"{row[f'acc_{k}']:.2f}" for k in args.steps_list), flush=True)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Tables and figures
+
+def read_rows(path: str) -> list[dict]:
+    if not os.path.exists(path):
+        return []
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def write_rows(path: str, rows: list[dict]):
+    """CSV written to a temporary file and renamed: a kill never leaves half a table."""
+    with open(path + ".tmp", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(path + ".tmp", path)
+
+
+def curves(args) -> dict[str, dict[int, list[dict]]]:
+    """arm -> seed -> its points in step order (values as floats)."""
+    out = {}
+    for r in read_rows(os.path.join(args.out, "points.csv")):
+        r = {k: (v if k == "arm" else float(v)) for k, v in r.items()}
+        out.setdefault(r["arm"], {}).setdefault(int(r["seed"]), []).append(r)
+    return {arm: {seed: sorted(pts, key=lambda r: r["step"]) for seed, pts in seeds.items()}
+            for arm, seeds in out.items()}
+
+
+def hard_steps(args) -> list[int]:
+    """The three longest step counts (4-6 by default): where collapse shows first."""
+    return sorted(args.steps_list)[-3:]
+
+
+def hard_accuracy(point: dict, args) -> float:
+    """Mean accuracy over the hard_steps problems."""
+    return float(np.mean([point[f"acc_{k}"] for k in hard_steps(args)]))
+
+
+def spread(values: list[float], digits: int = 2) -> str:
+    """'mean +- sd (n)' over seeds; a single seed prints its value."""
+    if len(values) == 1:
+        return f"{values[0]:.{digits}f}"
+    return f"{np.mean(values):.{digits}f} ± {np.std(values, ddof=1):.{digits}f}"
+
+
+def report(args, best: dict[str, float]):
+    """plateau.md (and the figures) from sweep.csv and points.csv, whatever of them exists."""
+    lines = [f"# Plateau runs: {os.path.basename(os.path.normpath(args.teacher))} -> width {args.width}", "",
+             f"{args.steps} steps x {args.batch_size} x {args.seq_len} tokens per run in {args.points} segments; "
+             f"data: the teacher's problems and general text (weight {args.text_weight}); accuracy on "
+             f"{args.eval_per_step} held-out problems per step count; sweep {args.sweep_steps} steps at lr "
+             + ", ".join(f"{lr:g}" for lr in args.sweep_lrs) + " (seed 0)", ""]
+    sweep_rows = read_rows(os.path.join(args.out, "sweep.csv"))
+    if sweep_rows:
+        lines += ["## Learning-rate sweep: final validation loss", "",
+                  "| arm | " + " | ".join(f"lr {lr:g}" for lr in args.sweep_lrs) + " | best |",
+                  "|---|" + "---|" * (len(args.sweep_lrs) + 1)]
+        for name in args.arms:
+            loss = {float(r["lr"]): float(r["val_loss"]) for r in sweep_rows if r["arm"] == name}
+            lines.append(f"| {name} | " + " | ".join(f"{loss[lr]:.4f}" if lr in loss else "" for lr in args.sweep_lrs)
+                         + f" | {best.get(name, float('nan')):g} |")
+        lines.append("")
+    runs = curves(args)
+    finished = {arm: {seed: pts for seed, pts in seeds.items() if pts[-1]["step"] == args.steps}
+                for arm, seeds in runs.items()}
+    if any(finished.values()):
+        head = ["arm", "seeds", "lr", *[f"acc {k}" for k in args.steps_list], "solution ppl", "general ppl",
+                "eRank", "eRank general", "s_max/s_min", "flat", "tokens", "train min"]
+        lines += ["## At the end of the budget (mean ± sd over seeds)", "", "| " + " | ".join(head) + " |",
+                  "|" + "---|" * len(head)]
+        for arm, seeds in finished.items():
+            if not seeds:
+                continue
+            ends = [pts[-1] for pts in seeds.values()]
+            col = lambda key, d=2: spread([e[key] for e in ends], d)
+            flat = [plateau([(p["step"], p["val_loss"]) for p in pts])[0] for pts in seeds.values()]
+            minutes = np.mean([sum(p["train_s"] for p in pts) / 60 for pts in seeds.values()])
+            lines.append(f"| {arm} | {len(seeds)} | {ends[0]['lr']:g} | "
+                         + " | ".join(col(f"acc_{k}") for k in args.steps_list)
+                         + f" | {col('solution_ppl', 3)} | {col('general_ppl')} | {col('erank_sq', 1)} | "
+                         f"{col('erank_general', 1)} | {col('spectrum_ratio')} | {sum(flat)}/{len(flat)} | "
+                         f"{int(ends[0]['tokens']):,} | {minutes:.1f} |")
+        lines += ["", "flat: runs whose validation loss changed by less than 1 % over the last 20 % of the steps.",
+                  ""]
+        lines += equal_fit(args, runs) + factorial(args, finished)
+    with open(os.path.join(args.out, "plateau.md"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    plot(args, runs)
+
+
+def at_fit(points: list[dict], target: float) -> dict | None:
+    """The first point whose solution perplexity is at or below `target`, or None."""
+    return next((p for p in points if p["solution_ppl"] <= target), None)
+
+
+def equal_fit(args, runs) -> list[str]:
+    """For each arm and seed: its best solution perplexity, its hard-problem accuracy there, and RED's (same seed)
+    accuracy at the first point where RED fitted at least as well."""
+    if "red" not in runs:
+        return []
+    hard = f"acc {hard_steps(args)[0]}-{hard_steps(args)[-1]}"
+    lines = ["## At equal fit", "", f"| arm | seed | step | solution ppl | {hard} | red: step | red: solution ppl | "
+             f"red: {hard} |", "|---|---|---|---|---|---|---|---|"]
+    for arm, seeds in runs.items():
+        for seed, pts in seeds.items():
+            if arm == "red" or seed not in runs["red"]:
+                continue
+            best = min(pts, key=lambda p: p["solution_ppl"])
+            red = at_fit(runs["red"][seed], best["solution_ppl"])
+            tail = (f"{int(red['step'])} | {red['solution_ppl']:.3f} | {hard_accuracy(red, args):.2f}" if red
+                    else "never | | ")
+            lines.append(f"| {arm} | {seed} | {int(best['step'])} | {best['solution_ppl']:.3f} | "
+                         f"{hard_accuracy(best, args):.2f} | {tail} |")
+    return lines + ["", f"{hard}: mean greedy accuracy on the longest step counts; each arm's best fit against "
+                    "RED's first point that fits as well.", ""]
+
+
+def factorial(args, finished) -> list[str]:
+    """RED's Table 6 at the end of the budget: {select, gaussian} x {T = 1, T = 40}, accuracy on hard_steps."""
+    cells = {"red": ("select", "T = 1"), "select@T40": ("select", "T = 40"), "red+gaussian": ("gaussian", "T = 1"),
+             "lrc": ("gaussian", "T = 40")}
+    if not all(finished.get(arm) for arm in cells):
+        return []
+    value = lambda arm: spread([hard_accuracy(pts[-1], args) for pts in finished[arm].values()])
+    hard = f"{hard_steps(args)[0]}-{hard_steps(args)[-1]}"
+    return [f"## Table 6 at the end of the budget: accuracy on {hard}-step problems", "", "| init | T = 1 | T = 40 |",
+            "|---|---|---|", f"| select | {value('red')} | {value('select@T40')} |",
+            f"| gaussian | {value('red+gaussian')} | {value('lrc')} |", ""]
+
+
+def plot(args, runs):
+    """accuracy_vs_fit.png (hard-problem accuracy against solution and general perplexity along training, one
+    colour per arm, one line per seed) and erank_steps.png (eRank against steps, mean and range over seeds)."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib not installed: no PNGs (pip install matplotlib)")
+        return
+    if not runs:
+        return
+    color = {arm: f"C{i}" for i, arm in enumerate(runs)}
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for ax, key, label in ((axes[0], "solution_ppl", "solution perplexity"),
+                           (axes[1], "general_ppl", "general-text perplexity")):
+        for arm, seeds in runs.items():
+            for i, pts in enumerate(seeds.values()):
+                pts = [p for p in pts if p["step"] > 0]
+                ax.plot([p[key] for p in pts], [hard_accuracy(p, args) for p in pts], "-o", ms=3, lw=1,
+                        color=color[arm], label=arm if i == 0 else None)
+        ax.set(xscale="log", xlabel=f"{label} (held out)", ylim=(-0.02, 1),
+               ylabel=f"accuracy on {hard_steps(args)[0]}-{hard_steps(args)[-1]}-step problems")
+    axes[0].legend(fontsize=7)
+    fig.suptitle("along training: accuracy against fit (each line one seed, left to right = earlier to later)")
+    fig.tight_layout()
+    fig.savefig(os.path.join(args.out, "accuracy_vs_fit.png"), dpi=120)
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for arm, seeds in runs.items():
+        steps = sorted(set.intersection(*[{p["step"] for p in pts} for pts in seeds.values()]))
+        values = np.array([[next(p["erank_sq"] for p in pts if p["step"] == s) for s in steps]
+                           for pts in seeds.values()])  # (seeds, steps)
+        ax.plot(steps, values.mean(0), "-o", ms=3, color=color[arm], label=f"{arm} ({len(values)} seeds)")
+        ax.fill_between(steps, values.min(0), values.max(0), color=color[arm], alpha=0.15)
+    ax.set(xlabel="step", ylabel="mean residual eRank (held-out problems)", title="eRank over training")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(os.path.join(args.out, "erank_steps.png"), dpi=120)
+    print(f"plots: {args.out}/accuracy_vs_fit.png, {args.out}/erank_steps.png")
+
+
+# ---------------------------------------------------------------------------------------------------------
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--teacher", required=True, help="teacher directory (bench/reasoning_teacher.py's)")
+    parser.add_argument("--width", type=cli.int_at_least(1), default=128)
+    parser.add_argument("--arms", nargs="+", choices=list(rvl.RUNS), default=ARMS)
+    parser.add_argument("--seeds", nargs="+", type=cli.int_at_least(0), default=[0, 1, 2])
+    parser.add_argument("--steps", type=cli.int_at_least(1), default=3000, help="steps per long run")
+    parser.add_argument("--points", type=cli.int_at_least(1), default=10, help="measured segments per long run")
+    parser.add_argument("--sweep-steps", type=cli.int_at_least(1), default=300)
+    parser.add_argument("--sweep-lrs", nargs="+", type=cli.float_in(0, low_open=True), default=[3e-4, 1e-3, 3e-3])
+    parser.add_argument("--batch-size", type=cli.int_at_least(1), default=8)
+    parser.add_argument("--seq-len", type=cli.int_at_least(2), default=256)
+    parser.add_argument("--orth-reg", type=cli.float_in(0), default=1e-3, help="lambda of the red+orthreg arm")
+    parser.add_argument("--corpus-per-step", type=cli.int_at_least(1), default=1000, help="training problems per "
+                                                                                          "step count")
+    parser.add_argument("--steps-list", type=int, nargs="+", default=[1, 2, 3, 4, 5, 6], help="problem step counts")
+    parser.add_argument("--eval-per-step", type=cli.int_at_least(1), default=100, help="accuracy problems per step "
+                                                                                       "count, every point")
+    parser.add_argument("--text-train", help="general text to train on (default: the teacher's text_train.jsonl)")
+    parser.add_argument("--text-heldout", help="general text to measure (default: the teacher's "
+                                               "text_heldout.jsonl)")
+    parser.add_argument("--text-weight", type=cli.float_in(0, low_open=True), default=0.3)
+    parser.add_argument("--max-new-tokens", type=int, default=48, help="+ 24 per problem step")
+    parser.add_argument("--eval-batch", type=int, default=64)
+    parser.add_argument("--windows", type=int, default=64, help="held-out problem windows for perplexity, eRank")
+    parser.add_argument("--max-minutes", type=cli.float_in(0, low_open=True), default=math.inf,
+                        help="stop between segments after this long; continue with --resume")
+    parser.add_argument("--out", default="out/plateau")
+    parser.add_argument("--resume", action="store_true", help="continue the experiment in --out")
+    parser.add_argument("--sweep-only", action="store_true", help="stop after the learning-rate sweep")
+    args = parser.parse_args()
+    args.text_train = args.text_train or os.path.join(args.teacher, "text_train.jsonl")
+    args.text_heldout = args.text_heldout or os.path.join(args.teacher, "text_heldout.jsonl")
+    args.chat, args.seed = False, 0
+    config_path = os.path.join(args.out, "config.json")
+    with cli.user_errors():  # before any work: inputs exist, --out is new or (with --resume) this experiment
+        cli.check_outputs({"--teacher": args.teacher, "--text-train": args.text_train,
+                           "--text-heldout": args.text_heldout}, [cli.Output("--out", args.out, "dir")])
+        for flag, path in (("--text-train", args.text_train), ("--text-heldout", args.text_heldout)):
+            if not os.path.isfile(path):
+                cli.fail(f"{flag} {path}: no such file - train the teacher with bench/reasoning_teacher.py "
+                         f"(--text-fraction > 0) or pass {flag}")
+        if os.path.isdir(args.out) and os.listdir(args.out):
+            if not args.resume:
+                cli.fail(f"--out {args.out} holds an experiment - continue it with --resume, or choose another --out")
+            saved = cli.read_json(config_path)
+            changed = [k for k in FIXED if saved.get(k) != json.loads(json.dumps(getattr(args, k)))]
+            if changed:
+                cli.fail(f"--out {args.out}: --resume with other {', '.join(changed)} than the experiment's - use "
+                         "its settings, or choose another --out")
+        if args.steps % args.points:
+            cli.fail(f"--steps {args.steps} does not split into --points {args.points} equal segments - pick a "
+                     "multiple")
+    os.makedirs(args.out, exist_ok=True)
+    with open(config_path, "w") as f:
+        json.dump({k: getattr(args, k) for k in FIXED}, f, indent=1)
+    start = time.time()
+
+    def check_time():
+        if time.time() - start > args.max_minutes * 60:
+            raise OutOfTime
+
+    args.data = os.path.join(args.out, "problems.jsonl")  # the training problems; also the calibration data
+    if not os.path.exists(args.data):
+        rvl.write_corpus(args.data, args.corpus_per_step, args.steps_list, 0)
+    teacher, tok = load_model(args.teacher), load_tokenizer(args.teacher)
+    args.fingerprint = fingerprint(args.teacher)
+    held = (*rvl.held_out(tok, args), load_windows(args.text_heldout, tok, args.seq_len))
+    best = {}
+    try:
+        best = sweep(args, check_time)
+        if not args.sweep_only:
+            for seed in args.seeds:  # seed by seed: a partial experiment has every arm at equal seeds
+                for name in args.arms:
+                    long_run(args, name, seed, best[name], teacher, tok, held, check_time)
+    except OutOfTime:
+        print(f"--max-minutes {args.max_minutes:g} reached after {(time.time() - start) / 60:.1f} min: continue "
+              "with the same command and --resume", flush=True)
+    report(args, best)
+    print(f"{(time.time() - start) / 60:.1f} min; tables in {args.out}/plateau.md")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,93 @@
+"""bench/plateau.py: the plateau criterion on synthetic loss curves, and the harness end to end on a tiny
+teacher: sweep, then (a second command, --resume) segmented long runs whose measured points equal a direct
+measurement of the students they wrote, what --resume refuses.
+
+Builds on bench/plateau.py (and through it distill.py --stop-at, bench/red_vs_lrc.py), with conftest.py's
+tiny teacher.
+Run as: pytest tests/test_plateau.py -q
+"""
+import csv
+import json
+import math
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import checkpoint as ckpt
+import eval_reasoning as er
+from bench.plateau import plateau
+from load_weights import load_model
+from problems import make_synthetic
+from tokenizer import load_tokenizer
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_plateau_criterion_on_synthetic_curves():
+    steps = np.arange(0, 3001, 300)
+    falling = [(int(s), 1.0 + 2.0 * math.exp(-s / 1500)) for s in steps]  # still 10 % down over the last fifth
+    settled = [(int(s), 1.0 + 2.0 * math.exp(-s / 200)) for s in steps]   # converged long before the end
+    flat, change = plateau(falling)
+    assert not flat and 0.05 < change < 0.2
+    flat, change = plateau(settled)
+    assert flat and change < 1e-3
+    # the reference point is the last one at or before 80 % of the steps (2400), not an interpolation
+    assert plateau([(0, 5.0), (2400, 2.0), (2700, 1.0), (3000, 1.99)]) == (True, pytest.approx(0.005))
+    assert plateau([(3000, 1.0)]) == (False, math.inf)  # nothing to compare with: not flat
+    # a rise counts as a change as much as a fall
+    assert not plateau([(0, 1.0), (80, 1.0), (100, 1.05)])[0]
+
+
+def run_plateau(*flags, check=True):
+    result = subprocess.run([sys.executable, "bench/plateau.py", *map(str, flags)], cwd=ROOT, capture_output=True,
+                            text=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    if check:
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result
+
+
+def read_csv(path):
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def test_sweep_then_segmented_runs_measured_as_written(tmp_path):
+    from conftest import make_tiny_teacher
+    teacher = make_tiny_teacher(tmp_path / "teacher")
+    texts = {name: tmp_path / f"{name}.jsonl" for name in ("train", "heldout")}
+    for i, (name, path) in enumerate(texts.items()):
+        er.write_jsonl(path, [{"text": f"Document {j} of the {name} text: the quick brown fox, part {i}. " * 4}
+                              for j in range(40)])
+    out = tmp_path / "plateau"
+    common = ["--teacher", teacher, "--width", 32, "--arms", "red", "lrc", "--seeds", 0, "--steps", 4, "--points", 2,
+              "--sweep-steps", 2, "--sweep-lrs", 1e-3, 3e-3, "--batch-size", 2, "--seq-len", 32,
+              "--corpus-per-step", 10, "--steps-list", 1, 2, "--eval-per-step", 3, "--max-new-tokens", 8,
+              "--windows", 8, "--text-train", texts["train"], "--text-heldout", texts["heldout"], "--out", out]
+    run_plateau(*common, "--sweep-only")
+    sweep = read_csv(out / "sweep.csv")
+    assert [(r["arm"], float(r["lr"])) for r in sweep] == [("red", 1e-3), ("red", 3e-3), ("lrc", 1e-3), ("lrc", 3e-3)]
+    again = run_plateau(*common, check=False)  # an experiment is never silently replaced
+    assert again.returncode == 2 and "--resume" in again.stderr and len(again.stderr.strip().splitlines()) == 1
+    changed = run_plateau(*common[:-2], "--steps", 6, "--points", 2, "--out", out, "--resume", check=False)
+    assert changed.returncode == 2 and "steps" in changed.stderr
+
+    result = run_plateau(*common, "--resume")
+    assert not [line for line in result.stdout.splitlines() if line.startswith("sweep ")]  # none ran again
+    assert read_csv(out / "sweep.csv") == sweep
+    points = read_csv(out / "points.csv")
+    assert [(r["arm"], int(r["step"])) for r in points] == [(a, s) for a in ("red", "lrc") for s in (0, 2, 4)]
+    best = {a: min((r for r in sweep if r["arm"] == a), key=lambda r: float(r["val_loss"]))["lr"]
+            for a in ("red", "lrc")}
+    assert all(r["lr"] == best[r["arm"]] for r in points)
+    for arm in ("red", "lrc"):  # one distill.py run in two segments: every step once
+        assert [r["step"] for r in ckpt.read_metrics(str(out / "runs" / f"{arm}-s0.run"))] == list(range(5))
+    # the last point is the student distill.py wrote, measured directly
+    student, tok = load_model(str(out / "runs" / "red-s0")), load_tokenizer(teacher)
+    problems = [p for k in (1, 2) for p in make_synthetic(40, k, seed=50_000 + k)]
+    assert float(points[2]["solution_ppl"]) == pytest.approx(er.solution_perplexity(student, tok, problems), rel=1e-5)
+    table = (out / "plateau.md").read_text()
+    assert "## At the end of the budget" in table and "## At equal fit" in table and "| red | 1 |" in table
+    assert json.load(open(out / "config.json"))["steps"] == 4
