@@ -59,7 +59,8 @@ def summarise(name: str, lr: float, kind: str, run_dir: str, minutes: float) -> 
 def write_table(args, rows: list[dict]):
     head = ["lr", "clone loss", "val ppl 0 -> end", "pydoc ppl 0 -> end", "eRank 0 -> end",
             *[f"{t} start -> end" for t in CLONE_TERMS], "largest term's share start -> end", "min"]
-    lines = [f"{os.path.basename(os.path.normpath(args.teacher))} -> width {args.width}, RED (selection init, T = 1), {args.steps} steps x "
+    teacher = os.path.basename(os.path.normpath(args.teacher))
+    lines = [f"{teacher} -> width {args.width}, RED (selection init, T = 1), {args.steps} steps x "
              f"{args.batch_size} x {args.seq_len} tokens, data {' '.join(args.data)}; clone terms as logged "
              "(before alpha = 0.2); share = alpha x largest clone term / total loss", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]

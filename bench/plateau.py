@@ -255,31 +255,34 @@ def report(args, best: dict[str, float]):
     plot(args, runs)
 
 
-def at_fit(points: list[dict], target: float) -> dict | None:
-    """The first point whose solution perplexity is at or below `target`, or None."""
-    return next((p for p in points if p["solution_ppl"] <= target), None)
+def at_fit(points: list[dict], key: str, target: float) -> dict | None:
+    """The first point whose `key` perplexity is at or below `target`, or None."""
+    return next((p for p in points if p[key] <= target), None)
 
 
 def equal_fit(args, runs) -> list[str]:
-    """For each arm and seed: its best solution perplexity, its hard-problem accuracy there, and RED's (same seed)
-    accuracy at the first point where RED fitted at least as well."""
+    """For each arm and seed, and for each fit (solution and general perplexity): the arm's best fit, its
+    hard-problem accuracy there, and RED's (same seed) accuracy at the first point where RED fitted as well."""
     if "red" not in runs:
         return []
     hard = f"acc {hard_steps(args)[0]}-{hard_steps(args)[-1]}"
-    lines = ["## At equal fit", "", f"| arm | seed | step | solution ppl | {hard} | red: step | red: solution ppl | "
-             f"red: {hard} |", "|---|---|---|---|---|---|---|---|"]
-    for arm, seeds in runs.items():
-        for seed, pts in seeds.items():
-            if arm == "red" or seed not in runs["red"]:
-                continue
-            best = min(pts, key=lambda p: p["solution_ppl"])
-            red = at_fit(runs["red"][seed], best["solution_ppl"])
-            tail = (f"{int(red['step'])} | {red['solution_ppl']:.3f} | {hard_accuracy(red, args):.2f}" if red
-                    else "never | | ")
-            lines.append(f"| {arm} | {seed} | {int(best['step'])} | {best['solution_ppl']:.3f} | "
-                         f"{hard_accuracy(best, args):.2f} | {tail} |")
-    return lines + ["", f"{hard}: mean greedy accuracy on the longest step counts; each arm's best fit against "
-                    "RED's first point that fits as well.", ""]
+    lines = []
+    for key, what in (("solution_ppl", "solution perplexity"), ("general_ppl", "general-text perplexity")):
+        lines += [f"## At equal fit: {what}", "", f"| arm | seed | step | {what} | {hard} | red: step | "
+                  f"red: {what} | red: {hard} |", "|---|---|---|---|---|---|---|---|"]
+        for arm, seeds in runs.items():
+            for seed, pts in seeds.items():
+                if arm == "red" or seed not in runs["red"]:
+                    continue
+                best = min(pts, key=lambda p: p[key])
+                red = at_fit(runs["red"][seed], key, best[key])
+                tail = (f"{int(red['step'])} | {red[key]:.3f} | {hard_accuracy(red, args):.2f}" if red
+                        else "not reached | | ")
+                lines.append(f"| {arm} | {seed} | {int(best['step'])} | {best[key]:.3f} | "
+                             f"{hard_accuracy(best, args):.2f} | {tail} |")
+        lines.append("")
+    return lines + [f"{hard}: mean greedy accuracy on the longest step counts. Each arm's best fit against RED's "
+                    "first measured point that fits as well.", ""]
 
 
 def factorial(args, finished) -> list[str]:
@@ -351,7 +354,7 @@ def main():
     parser.add_argument("--batch-size", type=cli.int_at_least(1), default=8)
     parser.add_argument("--seq-len", type=cli.int_at_least(2), default=256)
     parser.add_argument("--orth-reg", type=cli.float_in(0), default=1e-3, help="lambda of the red+orthreg arm")
-    parser.add_argument("--corpus-per-step", type=cli.int_at_least(1), default=1000, help="training problems per "
+    parser.add_argument("--corpus-per-step", type=cli.int_at_least(1), default=3000, help="training problems per "
                                                                                           "step count")
     parser.add_argument("--steps-list", type=int, nargs="+", default=[1, 2, 3, 4, 5, 6], help="problem step counts")
     parser.add_argument("--eval-per-step", type=cli.int_at_least(1), default=100, help="accuracy problems per step "
@@ -359,7 +362,7 @@ def main():
     parser.add_argument("--text-train", help="general text to train on (default: the teacher's text_train.jsonl)")
     parser.add_argument("--text-heldout", help="general text to measure (default: the teacher's "
                                                "text_heldout.jsonl)")
-    parser.add_argument("--text-weight", type=cli.float_in(0, low_open=True), default=0.3)
+    parser.add_argument("--text-weight", type=cli.float_in(0, low_open=True), default=0.5)
     parser.add_argument("--max-new-tokens", type=int, default=48, help="+ 24 per problem step")
     parser.add_argument("--eval-batch", type=int, default=64)
     parser.add_argument("--windows", type=int, default=64, help="held-out problem windows for perplexity, eRank")

@@ -89,5 +89,6 @@ def test_sweep_then_segmented_runs_measured_as_written(tmp_path):
     problems = [p for k in (1, 2) for p in make_synthetic(40, k, seed=50_000 + k)]
     assert float(points[2]["solution_ppl"]) == pytest.approx(er.solution_perplexity(student, tok, problems), rel=1e-5)
     table = (out / "plateau.md").read_text()
-    assert "## At the end of the budget" in table and "## At equal fit" in table and "| red | 1 |" in table
+    assert "## At the end of the budget" in table and "| red | 1 |" in table
+    assert "## At equal fit: solution perplexity" in table and "## At equal fit: general-text perplexity" in table
     assert json.load(open(out / "config.json"))["steps"] == 4
