@@ -143,7 +143,8 @@ def resolve_config(given: dict, resume: bool) -> Config:
     saved_path = os.path.join(run_dir, "config.json")
     saved = {}
     if resume and os.path.isfile(saved_path):
-        fields = {f.name for f in dataclasses.fields(Config)} - {"device"}  # the device is this machine's
+        # the device is this machine's; --stop-at is this command's (a plain --resume runs to the end)
+        fields = {f.name for f in dataclasses.fields(Config)} - {"device", "stop_at"}
         saved = {k: v for k, v in cli.read_json(saved_path).items() if k in fields}
         changed = [f"--{k.replace('_', '-')} {given[k]} (the run has {saved[k]})" for k in given
                    if k in saved and k not in MAY_CHANGE + ("teacher",) and given[k] != saved[k]]
