@@ -209,7 +209,7 @@ def spread(values: list[float], digits: int = 2) -> str:
     return f"{np.mean(values):.{digits}f} ± {np.std(values, ddof=1):.{digits}f}"
 
 
-def report(args, best: dict[str, float]):
+def report(args):
     """plateau.md (and the figures) from sweep.csv and points.csv, whatever of them exists."""
     lines = [f"# Plateau runs: {os.path.basename(os.path.normpath(args.teacher))} -> width {args.width}", "",
              f"{args.steps} steps x {args.batch_size} x {args.seq_len} tokens per run in {args.points} segments; "
@@ -223,8 +223,9 @@ def report(args, best: dict[str, float]):
                   "|---|" + "---|" * (len(args.sweep_lrs) + 1)]
         for name in args.arms:
             loss = {float(r["lr"]): float(r["val_loss"]) for r in sweep_rows if r["arm"] == name}
+            best = f"{min(loss, key=loss.get):g}" if len(loss) == len(args.sweep_lrs) else "(sweep unfinished)"
             lines.append(f"| {name} | " + " | ".join(f"{loss[lr]:.4f}" if lr in loss else "" for lr in args.sweep_lrs)
-                         + f" | {best.get(name, float('nan')):g} |")
+                         + f" | {best} |")
         lines.append("")
     runs = curves(args)
     finished = {arm: {seed: pts for seed, pts in seeds.items() if pts[-1]["step"] == args.steps}
@@ -409,7 +410,6 @@ def main():
     teacher, tok = load_model(args.teacher), load_tokenizer(args.teacher)
     args.fingerprint = fingerprint(args.teacher)
     held = (*rvl.held_out(tok, args), load_windows(args.text_heldout, tok, args.seq_len))
-    best = {}
     try:
         best = sweep(args, check_time)
         if not args.sweep_only:
@@ -419,7 +419,7 @@ def main():
     except OutOfTime:
         print(f"--max-minutes {args.max_minutes:g} reached after {(time.time() - start) / 60:.1f} min: continue "
               "with the same command and --resume", flush=True)
-    report(args, best)
+    report(args)
     print(f"{(time.time() - start) / 60:.1f} min; tables in {args.out}/plateau.md")
 
 
