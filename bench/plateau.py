@@ -111,10 +111,16 @@ def sweep(args, check_time) -> dict[str, float]:
                          "minutes": round((time.time() - t0) / 60, 2)})
             write_rows(os.path.join(args.out, "sweep.csv"), rows)
             print(f"sweep {name:15s} lr {lr:g}: val loss {loss:.4f} ({(time.time() - t0) / 60:.1f} min)", flush=True)
+    return best_rates(args, rows)
+
+
+def best_rates(args, rows: list[dict]) -> dict[str, float]:
+    """arm -> the swept rate with the lowest final validation loss, for the arms whose sweep is complete."""
     best = {}
     for name in args.arms:
-        tried = [r for r in rows if r["arm"] == name]
-        best[name] = float(min(tried, key=lambda r: float(r["val_loss"]))["lr"])
+        loss = {float(r["lr"]): float(r["val_loss"]) for r in rows if r["arm"] == name}
+        if len(loss) == len(args.sweep_lrs):
+            best[name] = min(loss, key=loss.get)
     return best
 
 
@@ -221,11 +227,11 @@ def report(args):
         lines += ["## Learning-rate sweep: final validation loss", "",
                   "| arm | " + " | ".join(f"lr {lr:g}" for lr in args.sweep_lrs) + " | best |",
                   "|---|" + "---|" * (len(args.sweep_lrs) + 1)]
+        best = best_rates(args, sweep_rows)
         for name in args.arms:
             loss = {float(r["lr"]): float(r["val_loss"]) for r in sweep_rows if r["arm"] == name}
-            best = f"{min(loss, key=loss.get):g}" if len(loss) == len(args.sweep_lrs) else "(sweep unfinished)"
             lines.append(f"| {name} | " + " | ".join(f"{loss[lr]:.4f}" if lr in loss else "" for lr in args.sweep_lrs)
-                         + f" | {best} |")
+                         + (f" | {best[name]:g} |" if name in best else " | (sweep unfinished) |"))
         lines.append("")
     runs = curves(args)
     finished = {arm: {seed: pts for seed, pts in seeds.items() if pts[-1]["step"] == args.steps}
