@@ -35,6 +35,7 @@ import numpy as np
 from safetensors.torch import load_file
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from bench.figures import pyplot, save  # noqa: E402
 import checkpoint as ckpt  # noqa: E402
 import cli  # noqa: E402
 from bench import red_vs_lrc as rvl  # noqa: E402
@@ -308,11 +309,8 @@ def factorial(args, finished) -> list[str]:
 def plot(args, runs):
     """accuracy_vs_fit.png (hard-problem accuracy against solution and general perplexity along training, one
     colour per arm, one line per seed) and erank_steps.png (eRank against steps, mean and range over seeds)."""
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         print("matplotlib not installed: no PNGs (pip install matplotlib)")
         return
     if not runs:
@@ -328,10 +326,8 @@ def plot(args, runs):
                         color=color[arm], label=arm if i == 0 else None)
         ax.set(xscale="log", xlabel=f"{label} (held out)", ylim=(-0.02, 1),
                ylabel=f"accuracy on {hard_steps(args)[0]}-{hard_steps(args)[-1]}-step problems")
-    axes[0].legend(fontsize=7)
     fig.suptitle("along training: accuracy against fit (each line one seed, left to right = earlier to later)")
-    fig.tight_layout()
-    fig.savefig(os.path.join(args.out, "accuracy_vs_fit.png"), dpi=120)
+    save(fig, os.path.join(args.out, "accuracy_vs_fit.png"), axes[0])
     fig, ax = plt.subplots(figsize=(7, 4))
     for arm, seeds in runs.items():
         steps = sorted(set.intersection(*[{p["step"] for p in pts} for pts in seeds.values()]))
@@ -340,9 +336,7 @@ def plot(args, runs):
         ax.plot(steps, values.mean(0), "-o", ms=3, color=color[arm], label=f"{arm} ({len(values)} seeds)")
         ax.fill_between(steps, values.min(0), values.max(0), color=color[arm], alpha=0.15)
     ax.set(xlabel="step", ylabel="mean residual eRank (held-out problems)", title="eRank over training")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(os.path.join(args.out, "erank_steps.png"), dpi=120)
+    save(fig, os.path.join(args.out, "erank_steps.png"), ax)
     print(f"plots: {args.out}/accuracy_vs_fit.png, {args.out}/erank_steps.png")
 
 

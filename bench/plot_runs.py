@@ -19,6 +19,7 @@ import statistics
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from bench.figures import pyplot  # noqa: E402
 from checkpoint import read_metrics  # noqa: E402
 
 
@@ -53,11 +54,8 @@ def main():
         for r in recs:
             ratio, even = spread(r)
             print(f"{name:16s} {r['step']:6d} {r['erank']:11.2f} {ratio:12.3f} {even:11.3f}")
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         sys.exit("error: matplotlib is not installed - pip install matplotlib (the table above has the numbers)")
     n = len(series)
     fig, axes = plt.subplots(2, max(2, n + 1), figsize=(3.2 * max(2, n + 1), 6.4), squeeze=False)

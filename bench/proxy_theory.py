@@ -35,6 +35,7 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from bench.figures import pyplot  # noqa: E402
 from data import load_windows  # noqa: E402
 from erank import erank  # noqa: E402
 from init_select import channel_importance, random_orthonormal, select_channels, selection_matrix  # noqa: E402
@@ -98,11 +99,8 @@ def train(X: torch.Tensor, Q: torch.Tensor, O: torch.Tensor, *, lr: float, steps
 
 
 def plot(path: str, runs: dict, W: int):
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         print("matplotlib not installed: no PNG (pip install matplotlib)")
         return
     fig, axes = plt.subplots(1, len(runs) + 1, figsize=(4 * (len(runs) + 1), 3.6))

@@ -33,6 +33,7 @@ import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+from bench.figures import pyplot, save  # noqa: E402
 import checkpoint as ckpt  # noqa: E402
 import cli  # noqa: E402
 import eval_reasoning as er  # noqa: E402
@@ -158,11 +159,8 @@ def write_tables(args, rows: list[dict], layer_rows: list[dict]):
 def plot(args, rows: list[dict], layer_rows: list[dict], curves: dict):
     """erank.png (eRank sq per layer, step 0 dashed, end solid), accuracy.png (accuracy vs problem steps) and
     loss.png, when matplotlib is installed."""
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         print("matplotlib not installed: no PNGs (pip install matplotlib)")
         return
     models = list(dict.fromkeys(r["model"] for r in rows))
@@ -173,9 +171,7 @@ def plot(args, rows: list[dict], layer_rows: list[dict], curves: dict):
         ax.plot(*zip(*pts), "--" if key[1] == "step 0" else "-", color=color[key[0]],
                 label=" ".join(key) if key[0] != "teacher" else "teacher")
     ax.set(xlabel="layer", ylabel="residual eRank (Diff-eRank)", title=f"width {args.width} students")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(os.path.join(args.out, "erank.png"), dpi=120)
+    save(fig, os.path.join(args.out, "erank.png"), ax)
     fig, ax = plt.subplots(figsize=(7, 4))
     for r in rows:
         if r["stage"] in ("", "end"):  # the teacher and each trained student
@@ -183,16 +179,12 @@ def plot(args, rows: list[dict], layer_rows: list[dict], curves: dict):
                     label=r["model"])
     ax.set(xlabel="reasoning steps per problem", ylabel="greedy accuracy", ylim=(-0.02, 1.02),
            title=f"after {args.steps} distillation steps")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(os.path.join(args.out, "accuracy.png"), dpi=120)
+    save(fig, os.path.join(args.out, "accuracy.png"), ax)
     fig, ax = plt.subplots(figsize=(7, 4))
     for name, curve in curves.items():
         ax.plot(*zip(*curve), color=color[name], label=name)
     ax.set(xlabel="step", ylabel="total KD loss", yscale="log", title="training loss")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(os.path.join(args.out, "loss.png"), dpi=120)
+    save(fig, os.path.join(args.out, "loss.png"), ax)
     print(f"plots: {args.out}/erank.png, {args.out}/accuracy.png, {args.out}/loss.png")
 
 
