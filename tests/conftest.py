@@ -2,12 +2,18 @@
 write) and the real example teacher, converted once and cached.
 
 Builds on transformers and tokenizers (the references) and scripts/example_teacher.py.
-Run as: pytest tests/            (add -m "not slow" to skip the real-teacher tests)
+Run as: pytest tests/ -n 2      (two workers, one per core; add -m "not slow" to skip the real-teacher tests)
 """
 import os
 
 import pytest
 import torch
+
+WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))  # set by pytest -n N (pytest-xdist)
+if WORKERS > 1:  # one thread per worker (run as many workers as cores): N thread pools each as wide as the
+    torch.set_num_threads(1)  # machine would fight over the cores, and spinning threads wait for each other
+    os.environ["OMP_NUM_THREADS"] = "1"  # the same for the command-line tools the tests start
+
 
 def recorder() -> tuple[dict, callable]:
     """(acts, tap): a model.py tap that keeps every activation under "{layer}.{name}" (tests only: it holds all)."""

@@ -261,28 +261,28 @@ def wait_for_checkpoint(proc, run_dir: str, step: int):
 
 def test_resume_after_kill_or_stop_at_equals_uninterrupted_run(tiny_teacher, corpus, tmp_path):
     teacher_dir = tiny_teacher("llama")
-    args = lambda out: small_run(teacher_dir, corpus, out, "--steps", 30, "--ckpt-every", 3, "--eval-every", 7)
+    args = lambda out: small_run(teacher_dir, corpus, out, "--steps", 18, "--ckpt-every", 3, "--eval-every", 7)
     run_distill(*args(tmp_path / "straight"))
     killed = tmp_path / "killed"
-    proc = start(args(killed))  # killed with SIGKILL as soon as a checkpoint past step 6 exists, then resumed
-    wait_for_checkpoint(proc, str(killed) + ".run", 6)
+    proc = start(args(killed))  # killed with SIGKILL as soon as a checkpoint past step 3 exists, then resumed
+    wait_for_checkpoint(proc, str(killed) + ".run", 3)
     proc.kill()
     proc.communicate()
-    assert ckpt.latest_checkpoint(str(killed) + ".run") < ckpt.checkpoint_dir(str(killed) + ".run", 30)
+    assert ckpt.latest_checkpoint(str(killed) + ".run") < ckpt.checkpoint_dir(str(killed) + ".run", 18)
     run_distill(*args(killed), "--resume")
     a, b = latest_state(tmp_path / "straight"), latest_state(killed)
     assert max((a[k] - b[k]).abs().max() for k in a) <= 1e-6
     steps = [r["step"] for r in ckpt.read_metrics(str(killed) + ".run")]
-    assert steps == list(range(31)), steps  # each step once: lines past the checkpoint were cut on resume
+    assert steps == list(range(19)), steps  # each step once: lines past the checkpoint were cut on resume
     # --stop-at splits the same run into segments (the schedule stays that of --steps): no student until the end
     split = tmp_path / "split"
-    run_distill(*args(split), "--stop-at", 10)
-    assert ckpt.latest_checkpoint(str(split) + ".run").endswith("checkpoint-00000010") and not split.exists()
-    run_distill(*args(split), "--resume", "--stop-at", 20)
+    run_distill(*args(split), "--stop-at", 6)
+    assert ckpt.latest_checkpoint(str(split) + ".run").endswith("checkpoint-00000006") and not split.exists()
+    run_distill(*args(split), "--resume", "--stop-at", 12)
     run_distill(*args(split), "--resume")  # --stop-at is the command's, not the run's: this one runs to the end
     c = latest_state(split)
     assert max((a[k] - c[k]).abs().max() for k in a) <= 1e-6 and split.is_dir()
-    assert [r["step"] for r in ckpt.read_metrics(str(split) + ".run")] == list(range(31))
+    assert [r["step"] for r in ckpt.read_metrics(str(split) + ".run")] == list(range(19))
 
 
 def test_resume_refuses_what_would_change_the_run(tiny_teacher, corpus, tmp_path, capsys):
@@ -365,7 +365,7 @@ def test_two_rank_gloo_matches_single_process(tiny_teacher, corpus, tmp_path, mo
     env = dict(os.environ, OMP_NUM_THREADS="1")
     flags = ["--fsdp"] if mode == "fsdp" else []
     result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                             "--master_port", "29517", "distill.py", *map(str, args(tmp_path / mode)), *flags],
+                             "--master_port", str(29517 + (mode == "fsdp")), "distill.py", *map(str, args(tmp_path / mode)), *flags],
                             cwd=ROOT, env=env, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-3000:]
     a, b = latest_state(tmp_path / "single"), latest_state(tmp_path / mode)

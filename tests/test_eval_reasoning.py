@@ -270,9 +270,9 @@ def hf_next_tokens(hf, prompt_ids: list[int], generated: list[int]) -> torch.Ten
 
 @pytest.mark.slow
 def test_generations_and_accuracy_match_transformers_teacher(teacher):
-    """32 synthetic problems, chat zero-shot: every generation is transformers' greedy generation.
+    """16 synthetic problems, chat zero-shot: every generation is transformers' greedy generation.
 
-    NOTE: transformers' `generate` at batch 1 runs ~5-10 tokens/s on this shared 2-core CPU, so 32 x 64
+    NOTE: transformers' `generate` at batch 1 runs ~5-10 tokens/s on this shared 2-core CPU, so 16 x 64
     tokens would take minutes. Greedy decoding is "append the argmax, stop at eos": so our tokens ARE
     transformers' greedy generation iff, in one unpadded forward of transformers over prompt + our tokens,
     the argmax at every position is our next token and, where our row ended early, transformers' argmax is
@@ -281,10 +281,10 @@ def test_generations_and_accuracy_match_transformers_teacher(teacher):
     """
     model, tok, hf = teacher
     # 1-step problems and 64 new tokens: the cheapest setting in which the teacher still finishes some answers
-    # (3 of these 32 are right), so the accuracy comparison is not a trivial 0 == 0
-    items = make_synthetic(32, 1, seed=11)
+    # (3 of these 16 are right: 3, 5 and 8), so the accuracy comparison is not a trivial 0 == 0
+    items = make_synthetic(32, 1, seed=11)[:16]
     max_new = 64
-    res = er.evaluate(model, tok, items, chat=True, max_new_tokens=max_new, batch_size=32)  # one batch: fewest steps
+    res = er.evaluate(model, tok, items, chat=True, max_new_tokens=max_new, batch_size=16)  # one batch: fewest steps
     stop, hf_correct = er.question_stop(tok), 0
     for item, pred in zip(items, res["predictions"]):
         ours = pred["tokens"]  # eos excluded; the prompt is re-encoded from the text written to predictions
@@ -299,7 +299,7 @@ def test_generations_and_accuracy_match_transformers_teacher(teacher):
             assert hf_tokens[len(ours)] in tok.eos_ids
         hf_correct += er.is_correct(er.extract_answer(tok.decode(hf_tokens[:len(ours)])), pred["gold"])
     assert res["accuracy"] == hf_correct / len(items)
-    assert res["n"] == 32 and 0 < res["mean_tokens"] <= max_new
+    assert res["n"] == 16 and 0 < res["mean_tokens"] <= max_new and res["accuracy"] > 0
 
 
 @pytest.mark.slow

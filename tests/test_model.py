@@ -201,7 +201,7 @@ def test_example_teacher_matches_transformers(example_teacher):
         assert (ours(ids) - ref(ids).logits).abs().max() <= 1e-3
     for question in QUESTIONS:
         prompt = tok.encode(tok.chat([{"role": "user", "content": question}]))
-        expected = ref.generate(torch.tensor([prompt]), max_new_tokens=64, do_sample=False)[0, len(prompt):].tolist()
+        expected = ref.generate(torch.tensor([prompt]), max_new_tokens=32, do_sample=False)[0, len(prompt):].tolist()
         if expected[-1] in tok.eos_ids:
             expected = expected[:-1]  # ours returns the reply without its stop token
-        assert generate(ours, [prompt], max_new_tokens=64, eos_ids=tok.eos_ids)[0] == expected, question
+        assert generate(ours, [prompt], max_new_tokens=32, eos_ids=tok.eos_ids)[0] == expected, question
