@@ -364,8 +364,9 @@ def test_two_rank_gloo_matches_single_process(tiny_teacher, corpus, tmp_path, mo
     run_distill(*args(tmp_path / "single"))
     env = dict(os.environ, OMP_NUM_THREADS="1")
     flags = ["--fsdp"] if mode == "fsdp" else []
+    port = str(29517 + (mode == "fsdp"))  # one port per mode: they may run side by side (pytest -n 2)
     result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                             "--master_port", str(29517 + (mode == "fsdp")), "distill.py", *map(str, args(tmp_path / mode)), *flags],
+                             "--master_port", port, "distill.py", *map(str, args(tmp_path / mode)), *flags],
                             cwd=ROOT, env=env, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-3000:]
     a, b = latest_state(tmp_path / "single"), latest_state(tmp_path / mode)
