@@ -5,7 +5,8 @@ Within a short budget a random-init student fits the teacher worse than RED's, s
 mean it has not learned yet. This harness separates the two (docs/METHOD.md §4.5):
   1. sweep: each arm (red_vs_lrc.RUNS) for --sweep-steps at every --sweep-lrs (seed 0); its best learning rate
      is the one with the lowest final validation loss (distill.py's held-out windows of the training data,
-     the student's next-token loss: the same quantity for every arm, and no test problem is looked at);
+     the student's next-token loss: the same quantity for every arm, and no test problem is looked at); where
+     the best is the grid's highest or lowest rate, the grid is extended on that side (--sweep-extend);
   2. long runs: each arm at its best learning rate for --steps, once per --seeds; each run is one distill.py
      run split by --stop-at into --points segments (the schedule is that of --steps throughout); after each
      segment its checkpoint is measured: solution perplexity, general-text perplexity (held-out documents of
@@ -47,8 +48,8 @@ from student import Student  # noqa: E402
 from tokenizer import load_tokenizer  # noqa: E402
 
 ARMS = ["red", "lrc", "select@T40", "red+gaussian", "red+orthogonal", "red+orthreg"]  # Tables 6 and 7
-FIXED = ("teacher", "width", "steps", "points", "batch_size", "seq_len", "sweep_steps", "sweep_lrs", "text_weight",
-         "corpus_per_step", "eval_per_step", "steps_list", "orth_reg")  # may not change on --resume
+FIXED = ("teacher", "width", "steps", "points", "batch_size", "seq_len", "sweep_steps", "sweep_lrs", "sweep_extend",
+         "text_weight", "corpus_per_step", "eval_per_step", "steps_list", "orth_reg")  # may not change on --resume
 
 
 class OutOfTime(Exception):
@@ -94,14 +95,35 @@ def final_val_loss(run_dir: str) -> float:
     return [r for r in ckpt.read_metrics(run_dir) if "val_loss" in r][-1]["val_loss"]
 
 
+def next_rate(args, loss: dict[float, float]) -> float | None:
+    """The next learning rate to try for an arm, given its {lr: final validation loss} so far, or None when its
+    sweep is complete. First every --sweep-lrs; then, while the best rate is the highest (lowest) tried and
+    fewer than --sweep-extend rates were added on that side, one more step of the grid's ratio beyond it: a
+    best rate at the grid's edge is not known to be the best. A diverged rate (inf) is never best, which ends
+    that side."""
+    missing = [lr for lr in args.sweep_lrs if lr not in loss]
+    if missing:
+        return missing[0]
+    grid, tried = sorted(args.sweep_lrs), sorted(loss)
+    best = min(loss, key=loss.get)
+    if len(grid) < 2 or not math.isfinite(loss[best]):
+        return None
+    if best == tried[-1] and sum(lr > grid[-1] for lr in tried) < args.sweep_extend:
+        return float(f"{best * grid[-1] / grid[-2]:.2g}")  # 3e-4, 1e-3, 3e-3 -> 9e-3, 2.7e-2
+    if best == tried[0] and sum(lr < grid[0] for lr in tried) < args.sweep_extend:
+        return float(f"{best * grid[0] / grid[1]:.2g}")  # -> 9e-5, 2.7e-5
+    return None
+
+
+def arm_losses(rows: list[dict], name: str) -> dict[float, float]:
+    return {float(r["lr"]): float(r["val_loss"]) for r in rows if r["arm"] == name}
+
+
 def sweep(args, check_time) -> dict[str, float]:
     """arm -> best learning rate; every (arm, lr) run's final validation loss in sweep.csv."""
     rows = read_rows(os.path.join(args.out, "sweep.csv"))
-    done = {(r["arm"], float(r["lr"])) for r in rows}
     for name in args.arms:
-        for lr in args.sweep_lrs:
-            if (name, lr) in done:
-                continue
+        while (lr := next_rate(args, arm_losses(rows, name))) is not None:
             check_time()
             out = os.path.join(args.out, "sweep", f"{name}-lr{lr:g}")
             flags = distill_flags(args, name, 0, lr, args.sweep_steps, args.sweep_steps)
@@ -119,8 +141,8 @@ def best_rates(args, rows: list[dict]) -> dict[str, float]:
     """arm -> the swept rate with the lowest final validation loss, for the arms whose sweep is complete."""
     best = {}
     for name in args.arms:
-        loss = {float(r["lr"]): float(r["val_loss"]) for r in rows if r["arm"] == name}
-        if len(loss) == len(args.sweep_lrs):
+        loss = arm_losses(rows, name)
+        if next_rate(args, loss) is None:
             best[name] = min(loss, key=loss.get)
     return best
 
@@ -225,15 +247,17 @@ def report(args):
              + ", ".join(f"{lr:g}" for lr in args.sweep_lrs) + " (seed 0)", ""]
     sweep_rows = read_rows(os.path.join(args.out, "sweep.csv"))
     if sweep_rows:
+        rates = sorted({float(r["lr"]) for r in sweep_rows})  # the grid and its extensions
         lines += ["## Learning-rate sweep: final validation loss", "",
-                  "| arm | " + " | ".join(f"lr {lr:g}" for lr in args.sweep_lrs) + " | best |",
-                  "|---|" + "---|" * (len(args.sweep_lrs) + 1)]
+                  "| arm | " + " | ".join(f"lr {lr:g}" for lr in rates) + " | best |",
+                  "|---|" + "---|" * (len(rates) + 1)]
         best = best_rates(args, sweep_rows)
         for name in args.arms:
-            loss = {float(r["lr"]): float(r["val_loss"]) for r in sweep_rows if r["arm"] == name}
-            lines.append(f"| {name} | " + " | ".join(f"{loss[lr]:.4f}" if lr in loss else "" for lr in args.sweep_lrs)
+            loss = arm_losses(sweep_rows, name)
+            lines.append(f"| {name} | " + " | ".join(f"{loss[lr]:.4f}" if lr in loss else "" for lr in rates)
                          + (f" | {best[name]:g} |" if name in best else " | (sweep unfinished) |"))
-        lines.append("")
+        lines += ["", f"Rates beyond the grid were tried where an arm's best was at its edge (up to "
+                  f"{args.sweep_extend} per side).", ""]
     runs = curves(args)
     finished = {arm: {seed: pts for seed, pts in seeds.items() if pts[-1]["step"] == args.steps}
                 for arm, seeds in runs.items()}
@@ -352,6 +376,8 @@ def main():
     parser.add_argument("--points", type=cli.int_at_least(1), default=10, help="measured segments per long run")
     parser.add_argument("--sweep-steps", type=cli.int_at_least(1), default=300)
     parser.add_argument("--sweep-lrs", nargs="+", type=cli.float_in(0, low_open=True), default=[3e-4, 1e-3, 3e-3])
+    parser.add_argument("--sweep-extend", type=cli.int_at_least(0), default=2, help="rates tried beyond the grid's "
+                        "edge, per side, while an arm's best is there")
     parser.add_argument("--batch-size", type=cli.int_at_least(1), default=8)
     parser.add_argument("--seq-len", type=cli.int_at_least(2), default=256)
     parser.add_argument("--orth-reg", type=cli.float_in(0), default=1e-3, help="lambda of the red+orthreg arm")

@@ -6,6 +6,7 @@ Builds on bench/plateau.py (and through it distill.py --stop-at, bench/red_vs_lr
 tiny teacher.
 Run as: pytest tests/test_plateau.py -q
 """
+import argparse
 import csv
 import json
 import math
@@ -18,7 +19,7 @@ import pytest
 
 import checkpoint as ckpt
 import eval_reasoning as er
-from bench.plateau import plateau
+from bench.plateau import next_rate, plateau
 from load_weights import load_model
 from problems import make_synthetic
 from tokenizer import load_tokenizer
@@ -39,6 +40,18 @@ def test_plateau_criterion_on_synthetic_curves():
     assert plateau([(3000, 1.0)]) == (False, math.inf)  # nothing to compare with: not flat
     # a rise counts as a change as much as a fall
     assert not plateau([(0, 1.0), (80, 1.0), (100, 1.05)])[0]
+
+
+def test_sweep_extends_its_grid_while_the_best_rate_is_at_an_edge():
+    args = argparse.Namespace(sweep_lrs=[3e-4, 1e-3, 3e-3], sweep_extend=2)
+    assert next_rate(args, {}) == 3e-4 and next_rate(args, {3e-4: 3.0}) == 1e-3  # the grid first, in its order
+    assert next_rate(args, {3e-4: 3.0, 1e-3: 2.0, 3e-3: 2.5}) is None  # best inside the grid: done
+    assert next_rate(args, {3e-4: 3.0, 1e-3: 2.5, 3e-3: 2.0}) == 9e-3  # best at the top edge: one step beyond
+    assert next_rate(args, {3e-4: 3.0, 1e-3: 2.5, 3e-3: 2.0, 9e-3: 1.9}) == 2.7e-2
+    assert next_rate(args, {3e-4: 3.0, 1e-3: 2.5, 3e-3: 2.0, 9e-3: 1.9, 2.7e-2: 1.8}) is None  # two per side at most
+    assert next_rate(args, {3e-4: 3.0, 1e-3: 2.5, 3e-3: 2.0, 9e-3: math.inf}) is None  # diverged: that side ends
+    assert next_rate(args, {3e-4: 2.0, 1e-3: 2.5, 3e-3: 3.0}) == 9e-5  # and at the bottom edge
+    assert next_rate(argparse.Namespace(sweep_lrs=[1e-3], sweep_extend=2), {1e-3: 2.0}) is None  # one rate: no ratio
 
 
 def run_plateau(*flags, check=True):
@@ -63,12 +76,17 @@ def test_sweep_then_segmented_runs_measured_as_written(tmp_path):
                               for j in range(40)])
     out = tmp_path / "plateau"
     common = ["--teacher", teacher, "--width", 32, "--arms", "red", "lrc", "--seeds", 0, "--steps", 4, "--points", 2,
-              "--sweep-steps", 2, "--sweep-lrs", 1e-3, 3e-3, "--batch-size", 2, "--seq-len", 32,
-              "--corpus-per-step", 10, "--steps-list", 1, 2, "--eval-per-step", 3, "--max-new-tokens", 8,
-              "--windows", 8, "--text-train", texts["train"], "--text-heldout", texts["heldout"], "--out", out]
+              "--sweep-steps", 2, "--sweep-lrs", 1e-3, 3e-3, "--sweep-extend", 1, "--batch-size", 2,
+              "--seq-len", 32, "--corpus-per-step", 10, "--steps-list", 1, 2, "--eval-per-step", 3,
+              "--max-new-tokens", 8, "--windows", 8, "--text-train", texts["train"], "--text-heldout", texts["heldout"],
+              "--out", out]
     run_plateau(*common, "--sweep-only")
     sweep = read_csv(out / "sweep.csv")
-    assert [(r["arm"], float(r["lr"])) for r in sweep] == [("red", 1e-3), ("red", 3e-3), ("lrc", 1e-3), ("lrc", 3e-3)]
+    for arm in ("red", "lrc"):  # the grid, then one rate beyond the edge where the best was there
+        loss = {float(r["lr"]): float(r["val_loss"]) for r in sweep if r["arm"] == arm}
+        assert list(loss)[:2] == [1e-3, 3e-3]
+        edge = {1e-3: 3.3e-4, 3e-3: 9e-3}.get(min(list(loss)[:2], key=loss.get))
+        assert list(loss)[2:] == [edge], (arm, loss)
     again = run_plateau(*common, check=False)  # an experiment is never silently replaced
     assert again.returncode == 2 and "--resume" in again.stderr and len(again.stderr.strip().splitlines()) == 1
     changed = run_plateau(*common[:-2], "--steps", 6, "--points", 2, "--out", out, "--resume", check=False)
