@@ -14,7 +14,8 @@ mean it has not learned yet. This harness separates the two (docs/METHOD.md §4.
      on the general text, greedy accuracy at each step count, and distill.py's own validation loss and
      projection spectra at that step;
   3. report: plateau.md (sweep, final table with mean and spread over seeds, the plateau criterion, equal-fit
-     table, Table 6's factorial), points.csv, and with matplotlib accuracy_vs_fit.png and erank_steps.png.
+     table, Table 6's factorial), points.csv, and with matplotlib accuracy_vs_fit.png, erank_steps.png and
+     erank_layers.png.
 Everything is kept under --out; `--resume` continues after a stop (--max-minutes, Ctrl-C, a kill) without
 redoing a finished segment, so a long experiment is split into commands of bounded length.
 The data: the teacher's training problems (bench/red_vs_lrc.py's synthetic corpus) and its general text
@@ -172,10 +173,10 @@ def long_run(args, name: str, seed: int, lr: float, teacher, tok, held, check_ti
 
 
 def measure_point(args, name: str, seed: int, lr: float, step: int, model, tok, held, train_s: float):
-    """One points.csv row: the student at `step` measured on the held-out data, with distill.py's own
-    validation loss and the median s_max / s_min of its projections at that step."""
+    """One points.csv row: the student at `step` measured on the held-out data (its residual eRank per layer
+    too), with distill.py's own validation loss and the median s_max / s_min of its projections at that step."""
     t0 = time.time()
-    row, _ = rvl.measure(model, tok, held[:3], args)
+    row, layers = rvl.measure(model, tok, held[:3], args)
     text = measure_model(model, held[3])
     run_dir = os.path.join(args.out, "runs", f"{name}-s{seed}.run")
     record = [r for r in ckpt.read_metrics(run_dir) if r["step"] == step and "val_loss" in r][-1]
@@ -183,6 +184,7 @@ def measure_point(args, name: str, seed: int, lr: float, step: int, model, tok, 
     rows = read_rows(path)
     rows.append({"arm": name, "seed": seed, "lr": lr, "step": step, "tokens": step * args.batch_size * args.seq_len,
                  **{k: row[k] for k in ("solution_ppl", "val_ppl", "erank_sq", "erank_rv")},
+                 **{f"erank_l{r['layer']}": r["erank_sq"] for r in layers},  # per layer, held-out problems
                  "general_ppl": text["ppl"], "erank_general": text["erank_sq"], "val_loss": record["val_loss"],
                  "spectrum_ratio": float(np.median([s[0] / s[2] for s in record["spectrum"].values()])),  # max / min
                  **{f"acc_{k}": row[f"acc_{k}"] for k in args.steps_list},
@@ -332,7 +334,8 @@ def factorial(args, finished) -> list[str]:
 
 def plot(args, runs):
     """accuracy_vs_fit.png (hard-problem accuracy against solution and general perplexity along training, one
-    colour per arm, one line per seed) and erank_steps.png (eRank against steps, mean and range over seeds)."""
+    colour per arm, one line per seed), erank_steps.png (eRank against steps, mean and range over seeds) and
+    erank_layers.png (eRank per layer at step 0 and at the latest step, mean over seeds)."""
     plt = pyplot()
     if plt is None:
         print("matplotlib not installed: no PNGs (pip install matplotlib)")
@@ -361,7 +364,18 @@ def plot(args, runs):
         ax.fill_between(steps, values.min(0), values.max(0), color=color[arm], alpha=0.15)
     ax.set(xlabel="step", ylabel="mean residual eRank (held-out problems)", title="eRank over training")
     save(fig, os.path.join(args.out, "erank_steps.png"), ax)
-    print(f"plots: {args.out}/accuracy_vs_fit.png, {args.out}/erank_steps.png")
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for arm, seeds in runs.items():
+        last = min(pts[-1]["step"] for pts in seeds.values())  # the latest step every seed has reached
+        for step, style in ((0, "--"), (last, "-")):
+            at = [next(p for p in pts if p["step"] == step) for pts in seeds.values()]
+            layers = sorted(int(k[len("erank_l"):]) for k in at[0] if k.startswith("erank_l"))
+            ax.plot(layers, [np.mean([p[f"erank_l{i}"] for p in at]) for i in layers], style, marker="o", ms=3,
+                    color=color[arm], label=f"{arm}, step {step:g}")
+    ax.set(xlabel="layer", ylabel="residual eRank (held-out problems)",
+           title="eRank per layer: step 0 dashed, latest step solid (mean over seeds)")
+    save(fig, os.path.join(args.out, "erank_layers.png"), ax)
+    print(f"plots: {args.out}/accuracy_vs_fit.png, {args.out}/erank_steps.png, {args.out}/erank_layers.png")
 
 
 # ---------------------------------------------------------------------------------------------------------

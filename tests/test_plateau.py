@@ -106,6 +106,8 @@ def test_sweep_then_segmented_runs_measured_as_written(tmp_path):
     student, tok = load_model(str(out / "runs" / "red-s0")), load_tokenizer(teacher)
     problems = [p for k in (1, 2) for p in make_synthetic(40, k, seed=50_000 + k)]
     assert float(points[2]["solution_ppl"]) == pytest.approx(er.solution_perplexity(student, tok, problems), rel=1e-5)
+    layers = [float(points[2][f"erank_l{i}"]) for i in range(student.args.n_layers)]  # per layer; their mean
+    assert float(points[2]["erank_sq"]) == pytest.approx(np.mean(layers), rel=1e-6)  # is the table's eRank
     table = (out / "plateau.md").read_text()
     assert "## At the end of the budget" in table and "| red | 1 |" in table
     assert "## At equal fit: solution perplexity" in table and "## At equal fit: general-text perplexity" in table
