@@ -13,7 +13,8 @@ mean it has not learned yet. This harness separates the two (docs/METHOD.md §4.
      the teacher's general corpus), perplexity and per-layer residual eRank on held-out problem windows, eRank
      on the general text, greedy accuracy at each step count, and distill.py's own validation loss and
      projection spectra at that step;
-  3. report: plateau.md (sweep, final table with mean and spread over seeds, the plateau criterion, equal-fit
+  3. report: plateau.md (sweep, final table with mean and spread over seeds and the teacher measured alike
+     as its first row, teacher.json, the plateau criterion, equal-fit
      table, Table 6's factorial), points.csv, and with matplotlib accuracy_vs_fit.png, erank_steps.png and
      erank_layers.png.
 Everything is kept under --out; `--resume` continues after a stop (--max-minutes, Ctrl-C, a kill) without
@@ -172,6 +173,15 @@ def long_run(args, name: str, seed: int, lr: float, teacher, tok, held, check_ti
         measure_point(args, name, seed, lr, step, Student.from_state_dict(teacher, state).merge(), tok, held, seconds)
 
 
+def measure_teacher(args, teacher, tok, held):
+    """The teacher on the same held-out data as every point, once (teacher.json): the tables' reference row."""
+    path = os.path.join(args.out, "teacher.json")
+    if not os.path.exists(path):
+        row, _ = rvl.measure(teacher, tok, held[:3], args)
+        text = measure_model(teacher, held[3])
+        cli.write_json(path, {**row, "general_ppl": text["ppl"], "erank_general": text["erank_sq"]})
+
+
 def measure_point(args, name: str, seed: int, lr: float, step: int, model, tok, held, train_s: float):
     """One points.csv row: the student at `step` measured on the held-out data (its residual eRank per layer
     too), with distill.py's own validation loss and the median s_max / s_min of its projections at that step."""
@@ -268,6 +278,11 @@ def report(args):
                 "eRank", "eRank general", "s_max/s_min", "flat", "tokens", "train min"]
         lines += ["## At the end of the budget (mean ± sd over seeds)", "", "| " + " | ".join(head) + " |",
                   "|" + "---|" * len(head)]
+        if os.path.exists(os.path.join(args.out, "teacher.json")):
+            t = cli.read_json(os.path.join(args.out, "teacher.json"))
+            lines.append("| teacher | | | " + " | ".join(f"{t[f'acc_{k}']:.2f}" for k in args.steps_list)
+                         + f" | {t['solution_ppl']:.3f} | {t['general_ppl']:.2f} | {t['erank_sq']:.1f} | "
+                         f"{t['erank_general']:.1f} | | | | |")
         for arm, seeds in finished.items():
             if not seeds:
                 continue
@@ -450,6 +465,7 @@ def main():
     teacher, tok = load_model(args.teacher), load_tokenizer(args.teacher)
     args.fingerprint = fingerprint(args.teacher)
     held = (*rvl.held_out(tok, args), load_windows(args.text_heldout, tok, args.seq_len))
+    measure_teacher(args, teacher, tok, held)
     try:
         best = sweep(args, check_time)
         if not args.sweep_only:

@@ -109,6 +109,9 @@ def test_sweep_then_segmented_runs_measured_as_written(tmp_path):
     layers = [float(points[2][f"erank_l{i}"]) for i in range(student.args.n_layers)]  # per layer; their mean
     assert float(points[2]["erank_sq"]) == pytest.approx(np.mean(layers), rel=1e-6)  # is the table's eRank
     table = (out / "plateau.md").read_text()
-    assert "## At the end of the budget" in table and "| red | 1 |" in table
+    assert "## At the end of the budget" in table and "| red | 1 |" in table and "| teacher | | |" in table
+    teacher_row = json.load(open(out / "teacher.json"))  # the reference row: the teacher, measured alike
+    assert teacher_row["solution_ppl"] == pytest.approx(
+        er.solution_perplexity(load_model(teacher), tok, problems), rel=1e-5)
     assert "## At equal fit: solution perplexity" in table and "## At equal fit: general-text perplexity" in table
     assert json.load(open(out / "config.json"))["steps"] == 4
