@@ -172,21 +172,26 @@ def long_run(args, name: str, seed: int, lr: float, teacher, tok, held, check_ti
         measure_point(args, name, seed, lr, step, Student.from_state_dict(teacher, state).merge(), tok, held, seconds)
 
 
+def measure_held(model, tok, held, args) -> tuple[dict, list[dict]]:
+    """One model on every held-out set, the same for the teacher and each point: red_vs_lrc's row (problem
+    windows, solutions, accuracy) with the general text's perplexity and eRank added, and the per-layer eRank."""
+    row, layers = rvl.measure(model, tok, held[:3], args)
+    text = measure_model(model, held[3])
+    return {**row, "general_ppl": text["ppl"], "erank_general": text["erank_sq"]}, layers
+
+
 def measure_teacher(args, teacher, tok, held):
     """The teacher on the same held-out data as every point, once (teacher.json): the tables' reference row."""
     path = os.path.join(args.out, "teacher.json")
     if not os.path.exists(path):
-        row, _ = rvl.measure(teacher, tok, held[:3], args)
-        text = measure_model(teacher, held[3])
-        cli.write_json(path, {**row, "general_ppl": text["ppl"], "erank_general": text["erank_sq"]})
+        cli.write_json(path, measure_held(teacher, tok, held, args)[0])
 
 
 def measure_point(args, name: str, seed: int, lr: float, step: int, model, tok, held, train_s: float):
     """One points.csv row: the student at `step` measured on the held-out data (its residual eRank per layer
     too), with distill.py's own validation loss and the median s_max / s_min of its projections at that step."""
     t0 = time.time()
-    row, layers = rvl.measure(model, tok, held[:3], args)
-    text = measure_model(model, held[3])
+    row, layers = measure_held(model, tok, held, args)
     run_dir = os.path.join(args.out, "runs", f"{name}-s{seed}.run")
     record = [r for r in ckpt.read_metrics(run_dir) if r["step"] == step and "val_loss" in r][-1]
     path = os.path.join(args.out, "points.csv")
@@ -194,12 +199,13 @@ def measure_point(args, name: str, seed: int, lr: float, step: int, model, tok, 
     rows.append({"arm": name, "seed": seed, "lr": lr, "step": step, "tokens": step * args.batch_size * args.seq_len,
                  **{k: row[k] for k in ("solution_ppl", "val_ppl", "erank_sq", "erank_rv")},
                  **{f"erank_l{r['layer']}": r["erank_sq"] for r in layers},  # per layer, held-out problems
-                 "general_ppl": text["ppl"], "erank_general": text["erank_sq"], "val_loss": record["val_loss"],
+                 **{k: row[k] for k in ("general_ppl", "erank_general")}, "val_loss": record["val_loss"],
                  "spectrum_ratio": float(np.median([s[0] / s[2] for s in record["spectrum"].values()])),  # max / min
                  **{f"acc_{k}": row[f"acc_{k}"] for k in args.steps_list},
                  "train_s": round(train_s, 1), "measure_s": round(time.time() - t0, 1)})
     write_rows(path, rows)
-    print(f"{name:15s} seed {seed} step {step:5d}: sol ppl {row['solution_ppl']:.3f} general ppl {text['ppl']:.2f} "
+    print(f"{name:15s} seed {seed} step {step:5d}: sol ppl {row['solution_ppl']:.3f} "
+          f"general ppl {row['general_ppl']:.2f} "
           f"eRank {row['erank_sq']:.1f} acc " + " ".join(f"{row[f'acc_{k}']:.2f}" for k in args.steps_list), flush=True)
 
 
@@ -279,9 +285,10 @@ def report(args):
                   "|" + "---|" * len(head)]
         if os.path.exists(os.path.join(args.out, "teacher.json")):
             t = cli.read_json(os.path.join(args.out, "teacher.json"))
-            lines.append("| teacher | | | " + " | ".join(f"{t[f'acc_{k}']:.2f}" for k in args.steps_list)
-                         + f" | {t['solution_ppl']:.3f} | {t['general_ppl']:.2f} | {t['erank_sq']:.1f} | "
-                         f"{t['erank_general']:.1f} | | | | |")
+            cells = ["teacher", "", "", *[f"{t[f'acc_{k}']:.2f}" for k in args.steps_list], f"{t['solution_ppl']:.3f}",
+                     f"{t['general_ppl']:.2f}", f"{t['erank_sq']:.1f}", f"{t['erank_general']:.1f}"]
+            cells += [""] * (len(head) - len(cells))  # the training columns stay empty
+            lines.append("|" + "|".join(f" {c} " if c else " " for c in cells) + "|")
         for arm, seeds in finished.items():
             if not seeds:
                 continue
