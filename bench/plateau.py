@@ -374,14 +374,15 @@ def plot(args, runs):
                         color=color[arm], label=arm if i == 0 else None)
         ax.set(xscale="log", xlabel=f"{label} (held out)", ylim=(-0.02, 1),
                ylabel=f"accuracy on {hard_steps(args)[0]}-{hard_steps(args)[-1]}-step problems")
-    fig.suptitle("along training: accuracy against fit (each line one seed, left to right = earlier to later)")
+    fig.suptitle("along training: accuracy against fit (each line one seed; training moves it right to left)")
     save(fig, os.path.join(args.out, "accuracy_vs_fit.png"), axes[0])
     fig, ax = plt.subplots(figsize=(7, 4))
     for arm, seeds in runs.items():
         steps = sorted(set.intersection(*[{p["step"] for p in pts} for pts in seeds.values()]))
         values = np.array([[next(p["erank_sq"] for p in pts if p["step"] == s) for s in steps]
                            for pts in seeds.values()])  # (seeds, steps)
-        ax.plot(steps, values.mean(0), "-o", ms=3, color=color[arm], label=f"{arm} ({len(values)} seeds)")
+        seeds_label = f"{len(values)} seed" + "s" * (len(values) > 1)
+        ax.plot(steps, values.mean(0), "-o", ms=3, color=color[arm], label=f"{arm} ({seeds_label})")
         ax.fill_between(steps, values.min(0), values.max(0), color=color[arm], alpha=0.15)
     ax.set(xlabel="step", ylabel="mean residual eRank (held-out problems)", title="eRank over training")
     save(fig, os.path.join(args.out, "erank_steps.png"), ax)
