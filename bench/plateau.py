@@ -446,7 +446,7 @@ def main():
             if not os.path.isfile(path):
                 cli.fail(f"{flag} {path}: no such file - train the teacher with bench/reasoning_teacher.py "
                          f"(--text-fraction > 0) or pass {flag}")
-        if os.path.isdir(args.out) and os.listdir(args.out):
+        if os.path.isdir(args.out) and set(os.listdir(args.out)) - {"lock"}:
             if not args.resume:
                 cli.fail(f"--out {args.out} holds an experiment - continue it with --resume, or choose another --out")
             saved = cli.read_json(config_path)
@@ -457,7 +457,11 @@ def main():
         if args.steps % args.points:
             cli.fail(f"--steps {args.steps} does not split into --points {args.points} equal segments - pick a "
                      "multiple")
-    os.makedirs(args.out, exist_ok=True)
+        try:  # one process per experiment: two would write the same points.csv
+            ckpt.lock(args.out)
+        except ckpt.RunError:
+            cli.fail(f"--out {args.out}: another bench/plateau.py is running this experiment - wait for it, or stop "
+                     "it (the same command with --resume continues)")
     with open(config_path, "w") as f:
         json.dump({k: getattr(args, k) for k in FIXED}, f, indent=1)
     start = time.time()

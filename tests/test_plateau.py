@@ -91,6 +91,10 @@ def test_sweep_then_segmented_runs_measured_as_written(tmp_path):
     assert again.returncode == 2 and "--resume" in again.stderr and len(again.stderr.strip().splitlines()) == 1
     changed = run_plateau(*common[:-2], "--steps", 6, "--points", 2, "--out", out, "--resume", check=False)
     assert changed.returncode == 2 and "steps" in changed.stderr
+    held = ckpt.lock(str(out))  # as a running bench/plateau.py holds it
+    busy = run_plateau(*common, "--resume", check=False)
+    assert busy.returncode == 2 and "another bench/plateau.py" in busy.stderr, busy.stderr
+    held.close()
 
     result = run_plateau(*common, "--resume")
     assert not [line for line in result.stdout.splitlines() if line.startswith("sweep ")]  # none ran again
