@@ -50,7 +50,7 @@ from tokenizer import load_tokenizer  # noqa: E402
 
 ARMS = ["red", "lrc", "select@T40", "red+gaussian", "red+orthogonal", "red+orthreg"]  # Tables 6 and 7
 FIXED = ("teacher", "width", "steps", "points", "batch_size", "seq_len", "sweep_steps", "sweep_lrs", "sweep_extend",
-         "text_weight", "corpus_per_step", "eval_per_step", "steps_list", "orth_reg")  # may not change on --resume
+         "rates", "text_weight", "corpus_per_step", "eval_per_step", "steps_list", "orth_reg")  # fixed on --resume
 
 
 class OutOfTime(Exception):
@@ -120,8 +120,19 @@ def arm_losses(rows: list[dict], name: str) -> dict[float, float]:
     return {float(r["lr"]): float(r["val_loss"]) for r in rows if r["arm"] == name}
 
 
+def arm_rate(text: str) -> tuple[str, float]:
+    """argparse type of --rates: ARM=LR."""
+    name, _, lr = text.rpartition("=")
+    if name not in rvl.RUNS:
+        raise argparse.ArgumentTypeError(f"{text}: not ARM=LR with ARM one of {', '.join(rvl.RUNS)}")
+    return name, cli.float_in(0, low_open=True)(lr)
+
+
 def sweep(args, check_time) -> dict[str, float]:
-    """arm -> best learning rate; every (arm, lr) run's final validation loss in sweep.csv."""
+    """arm -> best learning rate; every (arm, lr) run's final validation loss in sweep.csv. With --rates the
+    rates are given (an earlier sweep's) and nothing runs."""
+    if args.rates:
+        return args.rates
     rows = read_rows(os.path.join(args.out, "sweep.csv"))
     for name in args.arms:
         while (lr := next_rate(args, arm_losses(rows, name))) is not None:
@@ -155,10 +166,11 @@ def long_run(args, name: str, seed: int, lr: float, teacher, tok, held, check_ti
     done = {int(r["step"]) for r in read_rows(os.path.join(args.out, "points.csv"))
             if r["arm"] == name and int(r["seed"]) == seed}
     every = args.steps // args.points
+    todo = [every * k for k in range(1, args.points + 1) if every * k not in done]
+    if not todo:  # finished (here, or in the record this --out was started from)
+        return
     flags = distill_flags(args, name, seed, lr, args.steps, every)
-    for step in [every * k for k in range(1, args.points + 1)]:
-        if step in done:
-            continue
+    for step in todo:
         check_time()
         seconds = continue_run(args, out, flags, step)
         if seconds is None:
@@ -260,8 +272,10 @@ def report(args):
     lines = [f"# Plateau runs: {os.path.basename(os.path.normpath(args.teacher))} -> width {args.width}", "",
              f"{args.steps} steps x {args.batch_size} x {args.seq_len} tokens per run in {args.points} segments; "
              f"data: the teacher's problems and general text (weight {args.text_weight}); accuracy on "
-             f"{args.eval_per_step} held-out problems per step count; sweep {args.sweep_steps} steps at lr "
-             + ", ".join(f"{lr:g}" for lr in args.sweep_lrs) + " (seed 0)", ""]
+             f"{args.eval_per_step} held-out problems per step count; "
+             + (f"sweep {args.sweep_steps} steps at lr " + ", ".join(f"{lr:g}" for lr in args.sweep_lrs) + " (seed 0)"
+                if not args.rates else "learning rates given: "
+                + ", ".join(f"{arm} {lr:g}" for arm, lr in args.rates.items()) + " (no sweep)"), ""]
     sweep_rows = read_rows(os.path.join(args.out, "sweep.csv"))
     if sweep_rows:
         rates = sorted({float(r["lr"]) for r in sweep_rows})  # the grid and its extensions
@@ -434,7 +448,10 @@ def main():
     parser.add_argument("--out", default="out/plateau")
     parser.add_argument("--resume", action="store_true", help="continue the experiment in --out")
     parser.add_argument("--sweep-only", action="store_true", help="stop after the learning-rate sweep")
-    args = parser.parse_args()
+    parser.add_argument("--rates", nargs="+", type=arm_rate, metavar="ARM=LR", help="each arm's learning rate, "
+                        "from an earlier sweep (e.g. red=3e-3): no sweep runs")
+    args = cli.parse_args(parser)
+    args.rates = dict(args.rates) if args.rates else None
     args.text_train = args.text_train or os.path.join(args.teacher, "text_train.jsonl")
     args.text_heldout = args.text_heldout or os.path.join(args.teacher, "text_heldout.jsonl")
     args.chat, args.seed = False, 0
@@ -446,6 +463,7 @@ def main():
             if not os.path.isfile(path):
                 cli.fail(f"{flag} {path}: no such file - train the teacher with bench/reasoning_teacher.py "
                          f"(--text-fraction > 0) or pass {flag}")
+        args.fingerprint = fingerprint(args.teacher)  # the experiment's points are of this teacher only
         if os.path.isdir(args.out) and set(os.listdir(args.out)) - {"lock"}:
             if not args.resume:
                 cli.fail(f"--out {args.out} holds an experiment - continue it with --resume, or choose another --out")
@@ -454,6 +472,13 @@ def main():
             if changed:
                 cli.fail(f"--out {args.out}: --resume with other {', '.join(changed)} than the experiment's - use "
                          "its settings, or choose another --out")
+            if saved.get("teacher_sha256") != args.fingerprint:
+                cli.fail(f"--teacher {args.teacher} is not the teacher of the experiment in --out {args.out} (its "
+                         "weights differ) - retrain it with the command the experiment was started with, or choose "
+                         "another --out")
+        if args.rates and set(args.arms) - set(args.rates):
+            cli.fail(f"--rates gives no rate for {', '.join(sorted(set(args.arms) - set(args.rates)))} - add ARM=LR "
+                     "for each arm of --arms")
         if args.steps % args.points:
             cli.fail(f"--steps {args.steps} does not split into --points {args.points} equal segments - pick a "
                      "multiple")
@@ -462,8 +487,7 @@ def main():
         except ckpt.RunError:
             cli.fail(f"--out {args.out}: another bench/plateau.py is running this experiment - wait for it, or stop "
                      "it (the same command with --resume continues)")
-    with open(config_path, "w") as f:
-        json.dump({k: getattr(args, k) for k in FIXED}, f, indent=1)
+    cli.write_json(config_path, {k: getattr(args, k) for k in FIXED} | {"teacher_sha256": args.fingerprint})
     start = time.time()
 
     def check_time():
@@ -474,7 +498,6 @@ def main():
     if not os.path.exists(args.data):
         rvl.write_corpus(args.data, args.corpus_per_step, args.steps_list, 0)
     teacher, tok = load_model(args.teacher), load_tokenizer(args.teacher)
-    args.fingerprint = fingerprint(args.teacher)
     held = (*rvl.held_out(tok, args), load_windows(args.text_heldout, tok, args.seq_len))
     measure_teacher(args, teacher, tok, held)
     try:

@@ -119,3 +119,24 @@ def test_sweep_then_segmented_runs_measured_as_written(tmp_path):
         er.solution_perplexity(load_model(teacher), tok, problems), rel=1e-5)
     assert "## At equal fit: solution perplexity" in table and "## At equal fit: general-text perplexity" in table
     assert json.load(open(out / "config.json"))["steps"] == 4
+
+    # the record (four small files) continues on another machine: nothing runs again, the report is the same
+    record = tmp_path / "record"
+    record.mkdir()
+    for name in ("config.json", "sweep.csv", "teacher.json", "points.csv"):
+        (record / name).write_bytes((out / name).read_bytes())
+    again = run_plateau(*common[:-1], record, "--resume")
+    assert not (record / "inits").exists() and read_csv(record / "points.csv") == points
+    assert (record / "plateau.md").read_text() == table
+    # given rates: no sweep, every point at its arm's rate; an arm without one is refused before any work
+    given = run_plateau(*common[:-1], tmp_path / "given", "--rates", "red=1e-3", "lrc=3e-3", "--arms", "lrc")
+    assert not os.path.exists(tmp_path / "given" / "sweep.csv") and "\nsweep " not in given.stdout
+    assert {r["lr"] for r in read_csv(tmp_path / "given" / "points.csv")} == {"0.003"}
+    for bad, why in ((["red=1e-3"], "no rate for lrc"), (["red:1e-3", "lrc=1e-3"], "not ARM=LR")):
+        refused = run_plateau(*common[:-1], tmp_path / "bad", "--rates", *bad, check=False)
+        assert refused.returncode == 2 and why in refused.stderr and len(refused.stderr.strip().splitlines()) == 1
+    # the same teacher path with other weights (a retrained teacher that came out different) is refused
+    from conftest import make_tiny_model
+    make_tiny_model(teacher, "llama", 1, vocab_size=320, max_position_embeddings=1024)
+    other = run_plateau(*common, "--resume", check=False)
+    assert other.returncode == 2 and "is not the teacher" in other.stderr, other.stderr
