@@ -43,10 +43,8 @@ def test_flags_in_readme_exist():
     assert checked >= 20
 
 
-
-
 def test_pictures_and_scripts_the_readme_names_exist():
-    named = set(re.findall(r"\b((?:docs|bench|scripts)/[\w.-]+\.(?:png|py|md))", README))
+    named = set(re.findall(r"\b((?:docs|bench|scripts)/[\w./-]+\.(?:png|py|md|csv|json))", README))
     assert len(named) >= 10
     for path in named:
         assert (ROOT / path).is_file(), f"README names {path}, which is not in the repository"
