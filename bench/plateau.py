@@ -17,7 +17,10 @@ mean it has not learned yet. This harness separates the two (docs/METHOD.md §4.
      as its first row; the plateau criterion, equal-fit table, Table 6's factorial), points.csv, teacher.json,
      and with matplotlib accuracy_vs_fit.png, erank_steps.png and erank_layers.png.
 Everything is kept under --out; `--resume` continues after a stop (--max-minutes, Ctrl-C, a kill) without
-redoing a finished segment, so a long experiment is split into commands of bounded length.
+redoing a finished segment, so a long experiment is split into commands of bounded length. Its record
+(config.json with the teacher's sha256, teacher.json, points.csv) is enough to continue it elsewhere: copied into
+a fresh --out, finished runs are skipped, and a teacher whose bytes differ is refused. --rates ARM=LR ... gives
+the rates of an earlier sweep instead of running one.
 The data: the teacher's training problems (bench/red_vs_lrc.py's synthetic corpus) and its general text
 (bench/reasoning_teacher.py writes text_train.jsonl / text_heldout.jsonl beside the checkpoint).
 
@@ -269,13 +272,14 @@ def spread(values: list[float], digits: int = 2) -> str:
 
 def report(args):
     """plateau.md (and the figures) from sweep.csv and points.csv, whatever of them exists."""
+    if args.rates:
+        rates = "learning rates given: " + ", ".join(f"{arm} {lr:g}" for arm, lr in args.rates.items()) + " (no sweep)"
+    else:
+        rates = f"sweep {args.sweep_steps} steps at lr " + ", ".join(f"{lr:g}" for lr in args.sweep_lrs) + " (seed 0)"
     lines = [f"# Plateau runs: {os.path.basename(os.path.normpath(args.teacher))} -> width {args.width}", "",
              f"{args.steps} steps x {args.batch_size} x {args.seq_len} tokens per run in {args.points} segments; "
              f"data: the teacher's problems and general text (weight {args.text_weight}); accuracy on "
-             f"{args.eval_per_step} held-out problems per step count; "
-             + (f"sweep {args.sweep_steps} steps at lr " + ", ".join(f"{lr:g}" for lr in args.sweep_lrs) + " (seed 0)"
-                if not args.rates else "learning rates given: "
-                + ", ".join(f"{arm} {lr:g}" for arm, lr in args.rates.items()) + " (no sweep)"), ""]
+             f"{args.eval_per_step} held-out problems per step count; {rates}", ""]
     sweep_rows = read_rows(os.path.join(args.out, "sweep.csv"))
     if sweep_rows:
         rates = sorted({float(r["lr"]) for r in sweep_rows})  # the grid and its extensions
