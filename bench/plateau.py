@@ -373,8 +373,8 @@ def factorial(args, finished) -> list[str]:
 
 def plot(args, runs):
     """accuracy_vs_fit.png (hard-problem accuracy against solution and general perplexity along training, one
-    colour per arm, one line per seed), erank_steps.png (eRank against steps, mean and range over seeds) and
-    erank_layers.png (eRank per layer at step 0 and at the latest step, mean over seeds)."""
+    colour per arm, one line per seed), erank_steps.png (eRank against steps, mean and range over the seeds at each
+    step) and erank_layers.png (eRank per layer at step 0 and at the latest step, mean over the seeds there)."""
     plt = pyplot()
     if plt is None:
         print("matplotlib not installed: no PNGs (pip install matplotlib)")
@@ -395,20 +395,19 @@ def plot(args, runs):
     fig.suptitle("along training: accuracy against fit (each line one seed; training moves it right to left)")
     save(fig, os.path.join(args.out, "accuracy_vs_fit.png"), axes[0])
     fig, ax = plt.subplots(figsize=(7, 4))
-    for arm, seeds in runs.items():
-        steps = sorted(set.intersection(*[{p["step"] for p in pts} for pts in seeds.values()]))
-        values = np.array([[next(p["erank_sq"] for p in pts if p["step"] == s) for s in steps]
-                           for pts in seeds.values()])  # (seeds, steps)
-        seeds_label = f"{len(values)} seed" + "s" * (len(values) > 1)
-        ax.plot(steps, values.mean(0), "-o", ms=3, color=color[arm], label=f"{arm} ({seeds_label})")
-        ax.fill_between(steps, values.min(0), values.max(0), color=color[arm], alpha=0.15)
+    for arm, seeds in runs.items():  # a seed still running counts at the steps it has reached
+        steps = sorted({p["step"] for pts in seeds.values() for p in pts})
+        values = [[p["erank_sq"] for pts in seeds.values() for p in pts if p["step"] == s] for s in steps]
+        seeds_label = f"{len(seeds)} seed" + "s" * (len(seeds) > 1)
+        ax.plot(steps, [np.mean(v) for v in values], "-o", ms=3, color=color[arm], label=f"{arm} ({seeds_label})")
+        ax.fill_between(steps, [min(v) for v in values], [max(v) for v in values], color=color[arm], alpha=0.15)
     ax.set(xlabel="step", ylabel="mean residual eRank (held-out problems)", title="eRank over training")
     save(fig, os.path.join(args.out, "erank_steps.png"), ax)
     fig, ax = plt.subplots(figsize=(7, 4))
     for arm, seeds in runs.items():
-        last = min(pts[-1]["step"] for pts in seeds.values())  # the latest step every seed has reached
+        last = max(pts[-1]["step"] for pts in seeds.values())  # mean over the seeds that have reached it
         for step, style in ((0, "--"), (last, "-")):
-            at = [next(p for p in pts if p["step"] == step) for pts in seeds.values()]
+            at = [p for pts in seeds.values() for p in pts if p["step"] == step]
             layers = sorted(int(k[len("erank_l"):]) for k in at[0] if k.startswith("erank_l"))
             ax.plot(layers, [np.mean([p[f"erank_l{i}"] for p in at]) for i in layers], style, marker="o", ms=3,
                     color=color[arm], label=f"{arm}, step {step:g}")
