@@ -403,7 +403,7 @@ def plot(args, runs):
         ax.fill_between(steps, [min(v) for v in values], [max(v) for v in values], color=color[arm], alpha=0.15)
     ax.set(xlabel="step", ylabel="mean residual eRank (held-out problems)", title="eRank over training")
     save(fig, os.path.join(args.out, "erank_steps.png"), ax)
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, ax = plt.subplots(figsize=(9, 4))
     for arm, seeds in runs.items():
         last = max(pts[-1]["step"] for pts in seeds.values())  # mean over the seeds that have reached it
         for step, style in ((0, "--"), (last, "-")):
@@ -411,9 +411,11 @@ def plot(args, runs):
             layers = sorted(int(k[len("erank_l"):]) for k in at[0] if k.startswith("erank_l"))
             ax.plot(layers, [np.mean([p[f"erank_l{i}"] for p in at]) for i in layers], style, marker="o", ms=3,
                     color=color[arm], label=f"{arm}, step {step:g}")
-    ax.set(xlabel="layer", ylabel="residual eRank (held-out problems)",
-           title="eRank per layer: step 0 dashed, latest step solid (mean over seeds)")
-    save(fig, os.path.join(args.out, "erank_layers.png"), ax)
+    ax.set(xlabel="layer", ylabel="residual eRank (held-out problems)", xticks=layers)
+    ax.set_title("eRank per layer, mean over seeds: step 0 dashed (arms of one init share it), latest step solid",
+                 fontsize=9)
+    ax.legend(fontsize=7, handlelength=3, loc="center left", bbox_to_anchor=(1.01, 0.5))  # outside: lines cross
+    save(fig, os.path.join(args.out, "erank_layers.png"))
     print(f"plots: {args.out}/accuracy_vs_fit.png, {args.out}/erank_steps.png, {args.out}/erank_layers.png")
 
 
