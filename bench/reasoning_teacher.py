@@ -13,15 +13,18 @@ general fit:
     standard library's docstrings, `general_documents`), one document in ten held out; a --text-fraction of
     the batches are windows of it with the loss on every token. The two splits are written beside the
     checkpoint (text_train.jsonl, text_heldout.jsonl) for students and their general perplexity;
-  - AdamW with distill.py's schedule (linear warmup, linear decay), a step count fitted to --minutes;
+  - AdamW with distill.py's schedule (linear warmup, linear decay), a step count fitted to --minutes (or
+    fixed by --steps); a run split by --stop-at and continued by --resume gives the same bytes as one unsplit
+    run (checkpoint.py's checkpoints in --out + ".run": weights, AdamW moments, the data sampler's state);
   - greedy accuracy per step count (1-6) on held-out problems (seeds never used for training, questions
     checked against everything trained on), through eval_reasoning.evaluate, as the paper's metric.
 The result is a plain HF directory (model.safetensors, config.json, tokenizer files) that transformers,
 distill.py, erank.py and eval_reasoning.py all load.
 
 Builds on model.py, load_weights.py (save_model), tokenizer.py, problems.py, eval_reasoning.py (the
-solution-only loss, evaluation) and distill.py (get_lr). Run as:
+solution-only loss, evaluation), distill.py (get_lr) and checkpoint.py (the run directory). Run as:
     python bench/reasoning_teacher.py --out out/reasoning-teacher [--minutes 60] [--text-fraction 0.25]
+    python bench/reasoning_teacher.py --out out/reasoning-teacher --steps 6000 --stop-at 3000   # then --resume
 """
 import argparse
 import ast
@@ -30,14 +33,13 @@ import math
 import os
 import random
 import sysconfig
-import shutil
 import sys
-import tempfile
 import time
 
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import checkpoint as ckpt  # noqa: E402
 import cli  # noqa: E402
 import eval_reasoning as er  # noqa: E402
 from distill import get_lr  # noqa: E402
@@ -54,6 +56,7 @@ EOS = "<|endoftext|>"
 WARMUP, PROBE = 100, 20  # PROBE < WARMUP: the lr of the timed probe steps does not depend on the total
 TEXT_LEN = 256  # tokens per general-text window
 HELD_OUT_EVERY = 10  # every 10th general document (in a fixed order) is held out
+RUN_ONLY = ("stop_at", "resume", "checkpoint_every")  # flags that may differ between the commands of one run
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -164,11 +167,36 @@ def text_perplexity(model, windows: torch.Tensor) -> float:
     return round(ppl, 3)
 
 
+def recipe(args) -> dict:
+    """The flags that make the teacher (all but RUN_ONLY): a resumed run must have the same."""
+    return {k: v for k, v in vars(args).items() if k not in RUN_ONLY}
+
+
+def start_run(args, run_dir: str) -> str | None:
+    """The newest checkpoint to continue (--resume, the same recipe only), or None for a new run (run_dir made
+    ready for its tokenizer). Refusals are one line."""
+    if args.resume:
+        latest = ckpt.latest_checkpoint(run_dir)
+        if latest is None:
+            cli.fail(f"{run_dir}: no checkpoint to resume - drop --resume to start the run")
+        saved = cli.read_json(os.path.join(run_dir, "config.json"), "run config")
+        changed = sorted(k for k, v in recipe(args).items() if saved.get(k) != v)
+        if changed:
+            cli.fail(f"--resume with other {', '.join('--' + k.replace('_', '-') for k in changed)} than the run in "
+                     f"{run_dir} - use its settings ({run_dir}/config.json), or drop --resume and choose another --out")
+        return latest
+    if ckpt.latest_checkpoint(run_dir):  # a run stopped before its first checkpoint is simply started again
+        cli.fail(f"{run_dir}: holds a run already - continue it with --resume, or delete that directory to start again")
+    os.makedirs(os.path.join(run_dir, "tokenizer"), exist_ok=True)
+    return None
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", default="out/reasoning-teacher", help="output HF checkpoint directory")
     parser.add_argument("--minutes", type=float, default=60.0, help="training time budget (steps fitted to it)")
-    parser.add_argument("--steps", type=int, help="optimizer steps (default: as many as fit in --minutes)")
+    parser.add_argument("--steps", type=cli.int_at_least(1), help="optimizer steps (default: as many as fit in "
+                                                                  "--minutes)")
     parser.add_argument("--tokens-per-batch", type=int, default=4096)
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--dim", type=int, default=256)
@@ -182,17 +210,29 @@ def main():
     parser.add_argument("--eval-per-step", type=int, default=500, help="held-out problems per step count")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--stop-at", type=cli.int_at_least(1), help="checkpoint after this step of the --steps "
+                        "schedule and exit; the same command with --resume (and without --stop-at) continues")
+    parser.add_argument("--resume", action="store_true", help="continue the run in --out + '.run'")
+    parser.add_argument("--checkpoint-every", type=cli.int_at_least(1), default=500, help="steps between checkpoints")
     args = parser.parse_args()
-    with cli.user_errors():  # before 40 minutes of training: --out may only replace an earlier checkpoint
-        cli.check_outputs({}, [cli.Output("--out", args.out, "dir", cli.is_checkpoint_dir, "checkpoint directory")])
+    run_dir = args.out + ".run"  # checkpoints, the tokenizer and the recipe while training
+    with cli.user_errors(ckpt.RunError):  # before an hour of training: --out may only replace a checkpoint
+        cli.check_outputs({}, [cli.Output("--out", args.out, "dir", cli.is_checkpoint_dir, "checkpoint directory"),
+                               cli.Output("run directory", run_dir, "dir")])
+        if args.stop_at and not args.steps:
+            cli.fail("--stop-at needs --steps (a schedule fitted to --minutes is not known before it starts)")
+        ckpt.lock(run_dir)  # one process per run
+        resume_from = start_run(args, run_dir)
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     start_time = time.time()
 
-    staging = tempfile.mkdtemp(prefix="red-reasoning-teacher-")
+    tok_dir = os.path.join(run_dir, "tokenizer")
     text_train, text_held = split_general(general_documents()) if args.text_fraction > 0 else ([], [])
-    train_tokenizer(staging, args.vocab, args.seed, text_train)
-    tok = load_tokenizer(staging)
+    if resume_from is None:
+        train_tokenizer(tok_dir, args.vocab, args.seed, text_train)
+        cli.write_json(os.path.join(run_dir, "config.json"), recipe(args))
+    tok = load_tokenizer(tok_dir)
     if text_train:  # packed as data.py packs every source (eos after each document)
         text_stream = torch.from_numpy(tokenize_documents(text_train, tok).astype("int64"))         # (N,)
         text_windows = torch.from_numpy(cut_windows(tokenize_documents(text_held, tok), TEXT_LEN).astype("int64"))
@@ -211,42 +251,59 @@ def main():
                                   lr=args.lr, betas=(0.9, 0.95))
     rng = random.Random(args.seed)
     steps = args.steps  # None: fitted to --minutes from the pace of the first PROBE steps
-    curve, t_train, step = [], time.time(), 0
-    while steps is None or step < steps:
-        if steps is None and step == PROBE:
-            per_step = (time.time() - t_train) / PROBE
-            steps = max(PROBE + 1, int(args.minutes * 60 / per_step))
-            print(f"{per_step:.2f} s/step -> {steps} steps in {args.minutes:g} minutes")
-        lr = get_lr(step, lr=args.lr, warmup=WARMUP, steps=steps or WARMUP)  # distill.py's schedule
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        if text_train and rng.random() < args.text_fraction:
-            tokens, mask = text_batch(text_stream, rng, args.tokens_per_batch)
-        else:
-            tokens, mask = make_batch(tok, rng, args.tokens_per_batch, held_out_questions)
-        loss = solution_loss(model, tokens, mask)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        step += 1
-        if step % 50 == 0 or step == steps:
-            elapsed = time.time() - t_train
-            curve.append({"step": step, "loss": round(loss.item(), 4), "lr": lr, "minutes": round(elapsed / 60, 2)})
-            print(f"step {step}/{steps} loss {loss.item():.4f} lr {lr:.2e} {elapsed / 60:.1f} min", flush=True)
-        if steps is not None and step % max(1, steps // 4) == 0 and step < steps:  # the learning curve
-            quick = {k: v[:50] for k, v in held_out.items()}
-            acc = {k: r["accuracy"] for k, r in accuracy_by_steps(model, tok, quick, 64).items()}
-            text_ppl = text_perplexity(model, text_windows[:32]) if text_train else None
-            curve.append({"step": step, "loss": round(loss.item(), 4), "quick_accuracy": acc, "text_ppl": text_ppl})
-            print(f"  quick accuracy (50 per step count): {acc}; held-out text ppl {text_ppl}", flush=True)
-    train_minutes = (time.time() - t_train) / 60
+    curve, step, trained_before = [], 0, 0.0
+    if resume_from is not None:  # weights, AdamW moments, the sampler's state: the unsplit run continues exactly
+        state = ckpt.load_checkpoint(resume_from, model, optimizer)
+        step, steps, curve, trained_before = state["step"], state["steps"], state["curve"], state["train_s"]
+        version, internal, gauss = state["rng"]
+        rng.setstate((version, tuple(internal), gauss))
+        print(f"resumed {run_dir} at step {step}/{steps}")
+    t_train = time.time()
+    end = min(steps, args.stop_at) if args.stop_at else steps
+    with cli.stop_requests() as stop:  # Ctrl-C / SIGTERM: finish the step, checkpoint, exit
+        while steps is None or step < end:
+            if steps is None and step == PROBE:
+                per_step = (time.time() - t_train) / PROBE
+                steps = end = max(PROBE + 1, int(args.minutes * 60 / per_step))
+                print(f"{per_step:.2f} s/step -> {steps} steps in {args.minutes:g} minutes")
+            lr = get_lr(step, lr=args.lr, warmup=WARMUP, steps=steps or WARMUP)  # distill.py's schedule
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            if text_train and rng.random() < args.text_fraction:
+                tokens, mask = text_batch(text_stream, rng, args.tokens_per_batch)
+            else:
+                tokens, mask = make_batch(tok, rng, args.tokens_per_batch, held_out_questions)
+            loss = solution_loss(model, tokens, mask)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            elapsed = trained_before + time.time() - t_train
+            if step % 50 == 0 or step == steps:
+                curve.append({"step": step, "loss": round(loss.item(), 4), "lr": lr, "minutes": round(elapsed / 60, 2)})
+                print(f"step {step}/{steps} loss {loss.item():.4f} lr {lr:.2e} {elapsed / 60:.1f} min", flush=True)
+            if steps is not None and step % max(1, steps // 4) == 0 and step < steps:  # the learning curve
+                quick = {k: v[:50] for k, v in held_out.items()}
+                acc = {k: r["accuracy"] for k, r in accuracy_by_steps(model, tok, quick, 64).items()}
+                text_ppl = text_perplexity(model, text_windows[:32]) if text_train else None
+                curve.append({"step": step, "loss": round(loss.item(), 4), "quick_accuracy": acc, "text_ppl": text_ppl})
+                print(f"  quick accuracy (50 per step count): {acc}; held-out text ppl {text_ppl}", flush=True)
+            if steps is not None and (step % args.checkpoint_every == 0 or step == end or stop.signal):
+                ckpt.save_checkpoint(run_dir, step, model, optimizer, {"steps": steps, "curve": curve,
+                                                                       "rng": rng.getstate(), "train_s": elapsed})
+            if stop.signal and steps is None:
+                cli.fail("interrupted before --minutes fixed the step count: nothing to resume, start again", 130)
+            if stop.signal or step == end < steps:
+                print(f"stopped after step {step}/{steps}; continue with the same command, --resume and no --stop-at",
+                      flush=True)
+                return
+    train_minutes = (trained_before + time.time() - t_train) / 60
 
-    # the checkpoint: model.py's own save, with the staging dir's tokenizer files and eos id carried over
-    with open(os.path.join(staging, "config.json"), "w") as f:
+    # the checkpoint: model.py's own save, with the run's tokenizer files and eos id carried over
+    with open(os.path.join(tok_dir, "config.json"), "w") as f:
         json.dump(model.args.to_hf_config() | {"eos_token_id": tok.eos_id, "bos_token_id": None}, f)
-    save_model(model.eval(), args.out, like=staging)
-    shutil.rmtree(staging)
+    save_model(model.eval(), args.out, like=tok_dir)
     if text_train:  # the general text's two splits, for the students' data and their general perplexity
         er.write_jsonl(os.path.join(args.out, "text_train.jsonl"), [{"text": d} for d in text_train])
         er.write_jsonl(os.path.join(args.out, "text_heldout.jsonl"), [{"text": d} for d in text_held])
@@ -267,6 +324,8 @@ def main():
         json.dump(report, f, indent=1)
     print(f"{args.out}: {n_params / 1e6:.2f}M parameters, {steps} steps, {train_minutes:.1f} min training, "
           f"{(time.time() - start_time) / 60:.1f} min in all")
+
+
 
 
 if __name__ == "__main__":
