@@ -311,7 +311,8 @@ def main():
     print(f"\nheld-out greedy accuracy ({args.eval_per_step} problems per step count, zero-shot):")
     print(f"{'steps':>5s} {'accuracy':>9s} {'95% Wilson':>16s} {'tokens/s':>9s}")
     report = {"params": n_params, "steps": steps, "train_minutes": round(train_minutes, 1), "curve": curve,
-              "accuracy": {}}
+              "accuracy": {}, "torch": torch.__version__, "threads": args.threads,  # what the bytes depend on
+              "cpu_capability": torch.backends.cpu.get_cpu_capability()}  # ATen's kernels (ATEN_CPU_CAPABILITY)
     for k, r in results.items():
         print(f"{k:5d} {r['accuracy']:9.3f}   [{r['lo']:.3f}, {r['hi']:.3f}] {r['tokens_per_s']:9.0f}")
         report["accuracy"][k] = {"accuracy": r["accuracy"], "lo": r["lo"], "hi": r["hi"], "n": r["n"]}
