@@ -82,6 +82,13 @@ def stop_requests():
             signal.signal(sig, old)
 
 
+def changed_settings(saved: dict, now: dict) -> list[str]:
+    """The settings of `now` that differ from those `saved` by the run or experiment being resumed, each as
+    '--flag value (the run has value)'; values are compared as JSON stores them (tuples as lists)."""
+    return [f"--{k.replace('_', '-')} {now[k]} (the run has {saved.get(k)})" for k in now
+            if saved.get(k) != json.loads(json.dumps(now[k]))]
+
+
 def read_json(path: str, what: str = "file") -> dict:
     """A JSON object from disk; a missing or damaged file is an OutputError naming it."""
     try:

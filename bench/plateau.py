@@ -30,7 +30,6 @@ Builds on bench/red_vs_lrc.py (arms, init files, measurement), distill.py (run a
 """
 import argparse
 import csv
-import json
 import math
 import os
 import sys
@@ -473,10 +472,10 @@ def main():
             if not args.resume:
                 cli.fail(f"--out {args.out} holds an experiment - continue it with --resume, or choose another --out")
             saved = cli.read_json(config_path)
-            changed = [k for k in FIXED if saved.get(k) != json.loads(json.dumps(getattr(args, k)))]
+            changed = cli.changed_settings(saved, {k: getattr(args, k) for k in FIXED})
             if changed:
-                cli.fail(f"--out {args.out}: --resume with other {', '.join(changed)} than the experiment's - use "
-                         "its settings, or choose another --out")
+                cli.fail(f"--out {args.out}: --resume with {'; '.join(changed)} - use the experiment's settings, "
+                         "or choose another --out")
             if saved.get("teacher_sha256") != args.fingerprint:
                 cli.fail(f"--teacher {args.teacher} is not the teacher of the experiment in --out {args.out} (its "
                          "weights differ) - retrain it with the command the experiment was started with, or choose "

@@ -167,27 +167,36 @@ def text_perplexity(model, windows: torch.Tensor) -> float:
     return round(ppl, 3)
 
 
+def quick_check(model, tok, held_out: dict, text_windows: torch.Tensor | None) -> dict:
+    """A point of the learning curve: greedy accuracy on the first 50 held-out problems per step count, and the
+    perplexity of 32 held-out text windows (N, TEXT_LEN) when there are any."""
+    quick = {k: v[:50] for k, v in held_out.items()}
+    acc = {k: r["accuracy"] for k, r in accuracy_by_steps(model, tok, quick, 64).items()}
+    text_ppl = text_perplexity(model, text_windows[:32]) if text_windows is not None else None
+    print(f"  quick accuracy (50 per step count): {acc}; held-out text ppl {text_ppl}", flush=True)
+    return {"quick_accuracy": acc, "text_ppl": text_ppl}
+
+
 def recipe(args) -> dict:
     """The flags that make the teacher (all but RUN_ONLY): a resumed run must have the same."""
     return {k: v for k, v in vars(args).items() if k not in RUN_ONLY}
 
 
 def start_run(args, run_dir: str) -> str | None:
-    """The newest checkpoint to continue (--resume, the same recipe only), or None for a new run (run_dir made
-    ready for its tokenizer). Refusals are one line."""
+    """The newest checkpoint to continue (--resume, the same recipe only), or None for a new run. Refusals are
+    one line."""
     if args.resume:
         latest = ckpt.latest_checkpoint(run_dir)
         if latest is None:
             cli.fail(f"{run_dir}: no checkpoint to resume - drop --resume to start the run")
         saved = cli.read_json(os.path.join(run_dir, "config.json"), "run config")
-        changed = sorted(k for k, v in recipe(args).items() if saved.get(k) != v)
+        changed = cli.changed_settings(saved, recipe(args))
         if changed:
-            cli.fail(f"--resume with other {', '.join('--' + k.replace('_', '-') for k in changed)} than the run in "
-                     f"{run_dir} - use its settings ({run_dir}/config.json), or drop --resume and choose another --out")
+            cli.fail(f"{run_dir}: --resume with {'; '.join(changed)} - use the run's settings, or drop --resume and "
+                     "choose another --out")
         return latest
     if ckpt.latest_checkpoint(run_dir):  # a run stopped before its first checkpoint is simply started again
         cli.fail(f"{run_dir}: holds a run already - continue it with --resume, or delete that directory to start again")
-    os.makedirs(os.path.join(run_dir, "tokenizer"), exist_ok=True)
     return None
 
 
@@ -216,12 +225,16 @@ def main():
     parser.add_argument("--checkpoint-every", type=cli.int_at_least(1), default=500, help="steps between checkpoints")
     args = parser.parse_args()
     run_dir = args.out + ".run"  # checkpoints, the tokenizer and the recipe while training
-    with cli.user_errors(ckpt.RunError):  # before an hour of training: --out may only replace a checkpoint
+    with cli.user_errors():  # before an hour of training: --out may only replace a checkpoint
         cli.check_outputs({}, [cli.Output("--out", args.out, "dir", cli.is_checkpoint_dir, "checkpoint directory"),
                                cli.Output("run directory", run_dir, "dir")])
         if args.stop_at and not args.steps:
             cli.fail("--stop-at needs --steps (a schedule fitted to --minutes is not known before it starts)")
-        ckpt.lock(run_dir)  # one process per run
+        try:  # one process per run
+            ckpt.lock(run_dir)
+        except ckpt.RunError:
+            cli.fail(f"{run_dir}: another reasoning_teacher.py is training this run - wait for it, or choose another "
+                     "--out")
         resume_from = start_run(args, run_dir)
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -230,6 +243,7 @@ def main():
     tok_dir = os.path.join(run_dir, "tokenizer")
     text_train, text_held = split_general(general_documents()) if args.text_fraction > 0 else ([], [])
     if resume_from is None:
+        os.makedirs(tok_dir, exist_ok=True)
         train_tokenizer(tok_dir, args.vocab, args.seed, text_train)
         cli.write_json(os.path.join(run_dir, "config.json"), recipe(args))
     tok = load_tokenizer(tok_dir)
@@ -253,7 +267,10 @@ def main():
     steps = args.steps  # None: fitted to --minutes from the pace of the first PROBE steps
     curve, step, trained_before = [], 0, 0.0
     if resume_from is not None:  # weights, AdamW moments, the sampler's state: the unsplit run continues exactly
-        state = ckpt.load_checkpoint(resume_from, model, optimizer)
+        try:
+            state = ckpt.load_checkpoint(resume_from, model, optimizer)
+        except ckpt.RunError:
+            cli.fail(f"{resume_from}: damaged checkpoint - delete {run_dir} and start the run again")
         step, steps, curve, trained_before = state["step"], state["steps"], state["curve"], state["train_s"]
         version, internal, gauss = state["rng"]
         rng.setstate((version, tuple(internal), gauss))
@@ -284,11 +301,8 @@ def main():
                 curve.append({"step": step, "loss": round(loss.item(), 4), "lr": lr, "minutes": round(elapsed / 60, 2)})
                 print(f"step {step}/{steps} loss {loss.item():.4f} lr {lr:.2e} {elapsed / 60:.1f} min", flush=True)
             if steps is not None and step % max(1, steps // 4) == 0 and step < steps:  # the learning curve
-                quick = {k: v[:50] for k, v in held_out.items()}
-                acc = {k: r["accuracy"] for k, r in accuracy_by_steps(model, tok, quick, 64).items()}
-                text_ppl = text_perplexity(model, text_windows[:32]) if text_train else None
-                curve.append({"step": step, "loss": round(loss.item(), 4), "quick_accuracy": acc, "text_ppl": text_ppl})
-                print(f"  quick accuracy (50 per step count): {acc}; held-out text ppl {text_ppl}", flush=True)
+                curve.append({"step": step, "loss": round(loss.item(), 4),
+                              **quick_check(model, tok, held_out, text_windows if text_train else None)})
             if steps is not None and (step % args.checkpoint_every == 0 or step == end or stop.signal):
                 ckpt.save_checkpoint(run_dir, step, model, optimizer, {"steps": steps, "curve": curve,
                                                                        "rng": rng.getstate(), "train_s": elapsed})
@@ -325,8 +339,6 @@ def main():
         json.dump(report, f, indent=1)
     print(f"{args.out}: {n_params / 1e6:.2f}M parameters, {steps} steps, {train_minutes:.1f} min training, "
           f"{(time.time() - start_time) / 60:.1f} min in all")
-
-
 
 
 if __name__ == "__main__":
