@@ -472,6 +472,9 @@ def main():
             if not args.resume:
                 cli.fail(f"--out {args.out} holds an experiment - continue it with --resume, or choose another --out")
             saved = cli.read_json(config_path)
+            old_rates = saved.get("rates") or {}  # an arm's rate is fixed; a new arm may bring its own
+            if old_rates and args.rates and all(old_rates.get(arm, lr) == lr for arm, lr in args.rates.items()):
+                args.rates = old_rates | args.rates
             changed = cli.changed_settings(saved, {k: getattr(args, k) for k in FIXED})
             if changed:
                 cli.fail(f"--out {args.out}: --resume with {'; '.join(changed)} - use the experiment's settings, "

@@ -132,6 +132,13 @@ def test_sweep_then_segmented_runs_measured_as_written(tmp_path):
     given = run_plateau(*common[:-1], tmp_path / "given", "--rates", "red=1e-3", "lrc=3e-3", "--arms", "lrc")
     assert not os.path.exists(tmp_path / "given" / "sweep.csv") and "\nsweep " not in given.stdout
     assert {r["lr"] for r in read_csv(tmp_path / "given" / "points.csv")} == {"0.003"}
+    # an experiment gains an arm with its rate on --resume (lrc already ran: nothing runs); a rate never changes
+    grown = run_plateau(*common[:-1], tmp_path / "given", "--rates", "red=1e-3", "--arms", "lrc", "--resume")
+    assert " seed 0 step " not in grown.stdout and len(read_csv(tmp_path / "given" / "points.csv")) == 3
+    assert json.load(open(tmp_path / "given" / "config.json"))["rates"] == {"lrc": 3e-3, "red": 1e-3}
+    moved = run_plateau(*common[:-1], tmp_path / "given", "--rates", "lrc=1e-3", "--arms", "lrc", "--resume",
+                        check=False)
+    assert moved.returncode == 2 and "--rates" in moved.stderr and len(moved.stderr.strip().splitlines()) == 1
     for bad, why in ((["red=1e-3"], "no rate for lrc"), (["red:1e-3", "lrc=1e-3"], "not ARM=LR")):
         refused = run_plateau(*common[:-1], tmp_path / "bad", "--rates", *bad, check=False)
         assert refused.returncode == 2 and why in refused.stderr and len(refused.stderr.strip().splitlines()) == 1
