@@ -20,7 +20,7 @@ Everything is kept under --out; `--resume` continues after a stop (--max-minutes
 redoing a finished segment, so a long experiment is split into commands of bounded length. Its record
 (config.json with the teacher's sha256, teacher.json, points.csv) is enough to continue it elsewhere: copied into
 a fresh --out, finished runs are skipped, and a teacher whose bytes differ is refused. --rates ARM=LR ... gives
-the rates of an earlier sweep instead of running one.
+the rates of an earlier sweep instead of running one; on --resume it may add an arm with its rate, never change one.
 The data: the teacher's training problems (bench/red_vs_lrc.py's synthetic corpus) and its general text
 (bench/reasoning_teacher.py writes text_train.jsonl / text_heldout.jsonl beside the checkpoint).
 
