@@ -475,6 +475,7 @@ def main():
             old_rates = saved.get("rates") or {}  # an arm's rate is fixed; a new arm may bring its own
             if old_rates and args.rates and all(old_rates.get(arm, lr) == lr for arm, lr in args.rates.items()):
                 args.rates = old_rates | args.rates
+                saved["rates"] = args.rates  # what the experiment has, with the new arms
             changed = cli.changed_settings(saved, {k: getattr(args, k) for k in FIXED})
             if changed:
                 cli.fail(f"--out {args.out}: --resume with {'; '.join(changed)} - use the experiment's settings, "

@@ -129,7 +129,7 @@ def test_sweep_then_segmented_runs_measured_as_written(tmp_path):
     assert not (record / "inits").exists() and read_csv(record / "points.csv") == points
     assert (record / "plateau.md").read_text() == table
     # given rates: no sweep, every point at its arm's rate; an arm without one is refused before any work
-    given = run_plateau(*common[:-1], tmp_path / "given", "--rates", "red=1e-3", "lrc=3e-3", "--arms", "lrc")
+    given = run_plateau(*common[:-1], tmp_path / "given", "--rates", "lrc=3e-3", "--arms", "lrc")
     assert not os.path.exists(tmp_path / "given" / "sweep.csv") and "\nsweep " not in given.stdout
     assert {r["lr"] for r in read_csv(tmp_path / "given" / "points.csv")} == {"0.003"}
     # an experiment gains an arm with its rate on --resume (lrc already ran: nothing runs); a rate never changes
