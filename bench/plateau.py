@@ -391,6 +391,8 @@ def plot(args, runs):
                         color=color[arm], label=arm if i == 0 else None)
         ax.set(xscale="log", xlabel=f"{label} (held out)", ylim=(-0.02, 1),
                ylabel=f"accuracy on {hard_steps(args)[0]}-{hard_steps(args)[-1]}-step problems")
+        for axis in (ax.xaxis.set_major_formatter, ax.xaxis.set_minor_formatter):  # 1.02, not 1.02 x 10^0
+            axis(plt.FuncFormatter(lambda v, _: f"{v:.3g}"))
     fig.suptitle("along training: accuracy against fit (each line one seed; training moves it right to left)")
     save(fig, os.path.join(args.out, "accuracy_vs_fit.png"), axes[0])
     fig, ax = plt.subplots(figsize=(7, 4))
@@ -517,6 +519,9 @@ def main():
     except OutOfTime:
         print(f"--max-minutes {args.max_minutes:g} reached after {(time.time() - start) / 60:.1f} min: continue "
               "with the same command and --resume", flush=True)
+    except KeyboardInterrupt:  # Ctrl-C during a measurement: the points so far are kept, and reported
+        report(args)
+        cli.fail("interrupted - the finished points are kept; continue with the same command and --resume", code=130)
     report(args)
     print(f"{(time.time() - start) / 60:.1f} min; tables in {args.out}/plateau.md")
 
