@@ -68,7 +68,13 @@ def held_out(tok, args) -> tuple[torch.Tensor, list[dict], dict[int, list[dict]]
     problems = [p for k in args.steps_list for p in make_synthetic(40, k, seed=50_000 + k)]
     stream = tokenize_documents([qa_text(p["question"], p["answer"]) for p in problems], tok)
     windows = torch.from_numpy(cut_windows(stream, args.seq_len).astype("int64"))[:args.windows]
-    return windows, problems, {k: make_synthetic(args.eval_per_step, k, seed=60_000 + k) for k in args.steps_list}
+    return windows, problems, accuracy_problems(args.eval_per_step, args.steps_list)
+
+
+def accuracy_problems(n: int, steps_list: list[int]) -> dict[int, list[dict]]:
+    """step count -> n held-out problems for accuracy (seeds neither the training corpus nor held_out's
+    perplexity problems use)."""
+    return {k: make_synthetic(n, k, seed=60_000 + k) for k in steps_list}
 
 
 def write_corpus(path: str, n_per_step: int, steps: list[int], seed: int):

@@ -109,3 +109,33 @@ def test_paper_shapes_distil_resume_and_load_in_transformers():
     rows = [line.split("|") for line in result.stdout.splitlines() if line.startswith("| qwen")]
     assert [r[3].strip() for r in rows] == ["1200 / 128 / 2,293"]  # head_dim 128, not 1200 / 16; padding kept
     assert rows[0][4].strip() == "[1, 2]" and "all checks passed" in result.stdout
+
+
+def test_error_kinds_tells_an_overrun_from_a_wrong_step(teacher):
+    sys.path.insert(0, ROOT)
+    from bench.error_kinds import overran
+    from bench.red_vs_lrc import accuracy_problems
+    import eval_reasoning as er
+    from load_weights import load_model
+    from tokenizer import load_tokenizer
+    problem = accuracy_problems(1, [2])[2][0]  # "...\nStep 2: ... = N.\n#### N", a real held-out problem
+    chain, gold = problem["answer"].split("\n####")[0], er.gold_answer(problem["answer"])
+    assert overran(chain + "\nStep 3: Tom sells 1, so 1 - 1 = 0.\n#### 0", 2, gold)  # right, then one step more
+    assert not overran(chain + "\n#### " + gold, 2, gold)  # stopped where the question ends
+    assert not overran(chain.replace(f"= {gold}.", "= 98.") + "\nStep 3: so 98 + 1 = 99.", 2, gold)  # step 2 wrong
+    assert not overran(chain + "\nStep 3:", 3, gold)  # a 3-step problem: the right number came a step early
+
+    result = run("bench/error_kinds.py", "--tokenizer", teacher, teacher, "--steps-list", 1, 2, "--eval-per-step", 3,
+                 "--max-new-tokens", 8)
+    assert result.returncode == 0, result.stderr[-2000:]
+    row = [line for line in result.stdout.splitlines() if line.startswith(f"| {teacher}")][0]
+    cells = [c.strip() for c in row.strip("|").split("|")][1:]
+    model, tok = load_model(teacher), load_tokenizer(teacher)  # the accuracy is the evaluator's, on the same problems
+    for k, cell in zip((1, 2), cells):
+        acc, over, other = cell.split(", ")
+        res = er.evaluate(model, tok, accuracy_problems(3, [k])[k], max_new_tokens=8 + 24 * k)
+        assert float(acc) == pytest.approx(res["accuracy"], abs=0.005) and int(over) + int(other) == 3 - round(
+            res["accuracy"] * 3)
+    missing = run("bench/error_kinds.py", "--tokenizer", teacher, teacher + "-nowhere")
+    assert missing.returncode == 2 and "no such model directory" in missing.stderr
+    assert len(missing.stderr.strip().splitlines()) == 1
