@@ -41,10 +41,11 @@ def main():
     parser.add_argument("--eval-batch", type=int, default=64)
     parser.add_argument("--threads", type=cli.int_at_least(1), default=2)
     args = cli.parse_args(parser)
+    args.chat = False  # plain Question/Answer prompts, as the students were trained and plateau.py measures
     cli.interrupt_while_starting()
     import torch
     import eval_reasoning as er
-    from bench.red_vs_lrc import accuracy_problems
+    from bench.red_vs_lrc import accuracy_by_steps, accuracy_problems
     from load_weights import LoadError, load_model
     from tokenizer import TokenizerError, load_tokenizer
     torch.set_num_threads(args.threads)
@@ -60,9 +61,7 @@ def main():
         for path in args.students:
             t0, model = time.time(), load_model(path)
             cells, wrong_all, overran_all = [], 0, 0
-            for k, items in problems.items():
-                res = er.evaluate(model, tok, items, max_new_tokens=args.max_new_tokens + 24 * k,
-                                  batch_size=args.eval_batch)
+            for k, res in accuracy_by_steps(model, tok, problems, args).items():
                 wrong = [p for p in res["predictions"] if not p["correct"]]
                 over = sum(overran(p["generation"], k, p["gold"]) for p in wrong)
                 cells.append(f"{res['accuracy']:.2f}, {over}, {len(wrong) - over}")

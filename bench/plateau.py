@@ -510,6 +510,7 @@ def main():
     teacher, tok = load_model(args.teacher), load_tokenizer(args.teacher)
     held = (*rvl.held_out(tok, args), load_windows(args.text_heldout, tok, args.seq_len))
     measure_teacher(args, teacher, tok, held)
+    interrupted = False
     try:
         best = sweep(args, check_time)
         if not args.sweep_only:
@@ -520,9 +521,10 @@ def main():
         print(f"--max-minutes {args.max_minutes:g} reached after {(time.time() - start) / 60:.1f} min: continue "
               "with the same command and --resume", flush=True)
     except KeyboardInterrupt:  # Ctrl-C during a measurement: the points so far are kept, and reported
-        report(args)
-        cli.fail("interrupted - the finished points are kept; continue with the same command and --resume", code=130)
+        interrupted = True
     report(args)
+    if interrupted:
+        cli.fail("interrupted - the finished points are kept; continue with the same command and --resume", code=130)
     print(f"{(time.time() - start) / 60:.1f} min; tables in {args.out}/plateau.md")
 
 

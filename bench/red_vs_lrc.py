@@ -129,11 +129,15 @@ def measure(model, tok, held, args) -> tuple[dict, list[dict]]:
     m = measure_model(model, windows)
     row = {"val_ppl": m["ppl"], "solution_ppl": er.solution_perplexity(model, tok, problems),
            "erank_sq": m["erank_sq"], "erank_rv": m["erank_rv"]}
-    for k, items in eval_sets.items():
-        res = er.evaluate(model, tok, items, chat=args.chat, max_new_tokens=args.max_new_tokens + 24 * k,
-                          batch_size=args.eval_batch)
+    for k, res in accuracy_by_steps(model, tok, eval_sets, args).items():
         row[f"acc_{k}"], row[f"acc_{k}_lo"], row[f"acc_{k}_hi"] = res["accuracy"], res["lo"], res["hi"]
     return row, [{k: r[k] for k in ("layer", "erank_sq", "erank_rv")} for r in m["layers"]]
+
+
+def accuracy_by_steps(model, tok, eval_sets: dict[int, list[dict]], args) -> dict[int, dict]:
+    """{step count: eval_reasoning.evaluate result}, greedy; a chain gets 24 more tokens per step."""
+    return {k: er.evaluate(model, tok, items, chat=args.chat, max_new_tokens=args.max_new_tokens + 24 * k,
+                           batch_size=args.eval_batch) for k, items in eval_sets.items()}
 
 
 def write_tables(args, rows: list[dict], layer_rows: list[dict]):
