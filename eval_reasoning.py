@@ -255,6 +255,14 @@ def evaluate(model, tokenizer, items: list[dict], *, shots: int = 0, fewshot_ite
                 tokens_per_s=total_tokens / max(seconds, 1e-9), predictions=predictions)
 
 
+def evaluate_by_steps(model, tokenizer, sets: dict[int, list[dict]], *, max_new_tokens: int = 48,
+                      tokens_per_step: int = 24, **kwargs) -> dict[int, dict]:
+    """{k: evaluate result} for problem sets keyed by their step count k; a k-step chain is longer, so it gets
+    max_new_tokens + tokens_per_step * k new tokens. kwargs go to `evaluate` (chat, batch_size, ...)."""
+    return {k: evaluate(model, tokenizer, items, max_new_tokens=max_new_tokens + tokens_per_step * k, **kwargs)
+            for k, items in sets.items()}
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Worked solutions: the solution-only loss (a different quantity from text perplexity, so its own name)
 

@@ -21,6 +21,8 @@ redoing a finished segment, so a long experiment is split into commands of bound
 (config.json with the teacher's sha256, teacher.json, points.csv) is enough to continue it elsewhere: copied into
 a fresh --out, finished runs are skipped, and a teacher whose bytes differ is refused. --rates ARM=LR ... gives
 the rates of an earlier sweep instead of running one; on --resume it may add an arm with its rate, never change one.
+--join DIR ... adds the finished runs of experiments made alike in other directories, e.g. arms run side by side
+(a process, a thread and a --out each: OMP_NUM_THREADS=1), so that they are reported as one experiment.
 The data: the teacher's training problems (bench/red_vs_lrc.py's synthetic corpus) and its general text
 (bench/reasoning_teacher.py writes text_train.jsonl / text_heldout.jsonl beside the checkpoint).
 
@@ -32,6 +34,7 @@ import argparse
 import csv
 import math
 import os
+import shutil
 import sys
 import time
 
@@ -184,6 +187,45 @@ def long_run(args, name: str, seed: int, lr: float, teacher, tok, held, check_ti
             done.add(0)
         state = load_file(os.path.join(ckpt.checkpoint_dir(out + ".run", step), "student.safetensors"))
         measure_point(args, name, seed, lr, step, Student.from_state_dict(teacher, state).merge(), tok, held, seconds)
+
+
+def join(args, other: str):
+    """Add the finished runs of the experiment in `other` to --out: the same settings and teacher, arms and seeds
+    --out does not have. Arms run side by side (one process and one thread each, a --out each) are so reported
+    as one experiment. Their points, logs and run directories are copied; `other` is left as it was."""
+    saved = cli.read_json(os.path.join(other, "config.json"), "experiment config")
+    changed = cli.changed_settings(saved, {k: getattr(args, k) for k in FIXED if k != "rates"})
+    if changed or saved.get("teacher_sha256") != args.fingerprint:
+        cli.fail(f"--join {other}: not an experiment of this one's settings and teacher "
+                 f"({'; '.join(changed) or 'other teacher weights'}) - join only experiments made alike")
+    if not saved.get("rates"):
+        cli.fail(f"--join {other}: its rates came from its own sweep - join experiments run with --rates")
+    mine, theirs = read_rows(os.path.join(args.out, "points.csv")), read_rows(os.path.join(other, "points.csv"))
+    runs = sorted({(r["arm"], r["seed"]) for r in theirs})
+    for arm, seed in runs:
+        if any(r["arm"] == arm and r["seed"] == seed for r in mine):
+            cli.fail(f"--join {other}: {arm} seed {seed} is in --out {args.out} already - join other arms or seeds")
+        if str(args.steps) not in {r["step"] for r in theirs if r["arm"] == arm and r["seed"] == seed}:
+            cli.fail(f"--join {other}: {arm} seed {seed} has not reached step {args.steps} - finish it there "
+                     "with --resume first")
+        if (args.rates or {}).get(arm, saved["rates"][arm]) != saved["rates"][arm]:
+            cli.fail(f"--join {other}: {arm} ran at lr {saved['rates'][arm]:g}, --out has {args.rates[arm]:g}")
+        if os.path.exists(os.path.join(args.out, "runs", f"{arm}-s{seed}")):
+            cli.fail(f"--join {other}: --out {args.out} has an unmeasured run of {arm} seed {seed} - finish it "
+                     "there (--resume) or remove its runs/ files")
+    for arm, seed in runs:  # a record (its points only, as docs/ keeps them) has no run files to copy
+        base = os.path.join("runs", f"{arm}-s{seed}")
+        for suffix in ("", ".run", ".log"):
+            source, target = os.path.join(other, base + suffix), os.path.join(args.out, base + suffix)
+            if os.path.isdir(source):
+                shutil.copytree(source, target)
+            elif os.path.isfile(source):
+                shutil.copyfile(source, target)
+    if not os.path.exists(os.path.join(args.out, "teacher.json")):  # the same teacher on the same held-out data
+        shutil.copyfile(os.path.join(other, "teacher.json"), os.path.join(args.out, "teacher.json"))
+    args.rates = (args.rates or {}) | {arm: saved["rates"][arm] for arm, _ in runs}
+    write_rows(os.path.join(args.out, "points.csv"), mine + theirs)
+    print(f"joined from {other}: " + ", ".join(f"{arm} seed {seed}" for arm, seed in runs), flush=True)
 
 
 def measure_held(model, tok, held, args) -> tuple[dict, list[dict]]:
@@ -456,6 +498,8 @@ def main():
     parser.add_argument("--sweep-only", action="store_true", help="stop after the learning-rate sweep")
     parser.add_argument("--rates", nargs="+", type=arm_rate, metavar="ARM=LR", help="each arm's learning rate, "
                         "from an earlier sweep (e.g. red=3e-3): no sweep runs")
+    parser.add_argument("--join", nargs="+", default=[], metavar="DIR", help="add the finished runs of "
+                        "experiments made alike in other --out directories (e.g. arms run side by side)")
     args = cli.parse_args(parser)
     args.rates = dict(args.rates) if args.rates else None
     args.text_train = args.text_train or os.path.join(args.teacher, "text_train.jsonl")
@@ -497,6 +541,10 @@ def main():
         except ckpt.RunError:
             cli.fail(f"--out {args.out}: another bench/plateau.py is running this experiment - wait for it, or stop "
                      "it (the same command with --resume continues)")
+        for other in args.join:
+            if not args.rates:
+                cli.fail("--join needs --rates: it joins experiments of given learning rates, not of a sweep")
+            join(args, other)
     cli.write_json(config_path, {k: getattr(args, k) for k in FIXED} | {"teacher_sha256": args.fingerprint})
     start = time.time()
 

@@ -153,8 +153,7 @@ def build_model(vocab_size: int, args) -> Transformer:
 def accuracy_by_steps(model, tok, held_out: dict, batch_size: int) -> dict:
     """{steps: eval_reasoning.evaluate result} on the held-out problems, greedy, zero-shot plain prompt."""
     model.eval()
-    results = {k: er.evaluate(model, tok, items, max_new_tokens=48 + 24 * k, batch_size=batch_size)
-               for k, items in held_out.items()}
+    results = er.evaluate_by_steps(model, tok, held_out, batch_size=batch_size)
     model.train()
     return results
 

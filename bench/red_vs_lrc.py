@@ -135,9 +135,9 @@ def measure(model, tok, held, args) -> tuple[dict, list[dict]]:
 
 
 def accuracy_by_steps(model, tok, eval_sets: dict[int, list[dict]], args) -> dict[int, dict]:
-    """{step count: eval_reasoning.evaluate result}, greedy; a chain gets 24 more tokens per step."""
-    return {k: er.evaluate(model, tok, items, chat=args.chat, max_new_tokens=args.max_new_tokens + 24 * k,
-                           batch_size=args.eval_batch) for k, items in eval_sets.items()}
+    """{step count: eval_reasoning.evaluate result}, greedy, with the experiment's prompts and token budget."""
+    return er.evaluate_by_steps(model, tok, eval_sets, chat=args.chat, max_new_tokens=args.max_new_tokens,
+                                batch_size=args.eval_batch)
 
 
 def write_tables(args, rows: list[dict], layer_rows: list[dict]):

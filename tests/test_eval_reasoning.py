@@ -134,6 +134,17 @@ def test_evaluate_restores_order_tiny(tiny_model):
     assert res["predictions"][0]["prompt"] == "Question: train\nAnswer: 1 + 1 = 2\n#### 2\n\nQuestion: qqq\nAnswer:"
 
 
+def test_evaluate_by_steps_budget_grows_with_steps_tiny(tiny_model):
+    """A k-step set gets max_new_tokens + tokens_per_step * k tokens, and is otherwise evaluate() itself."""
+    model, tok = load_model(tiny_model("llama")), ByteTokenizer()
+    items = [{"question": "q" * n, "answer": f"#### {n}"} for n in (3, 40, 1, 17)]
+    res = er.evaluate_by_steps(model, tok, {1: items[:2], 3: items[2:]}, max_new_tokens=2, tokens_per_step=3,
+                               batch_size=2)
+    assert list(res) == [1, 3] and res[1]["mean_tokens"] == 5 and res[3]["mean_tokens"] == 11
+    alone = er.evaluate(model, tok, items[2:], max_new_tokens=11, batch_size=2)
+    assert [p["tokens"] for p in res[3]["predictions"]] == [p["tokens"] for p in alone["predictions"]]
+
+
 def test_question_stop_hook():
     stop = er.question_stop(ByteTokenizer())  # one byte per token: "Question:" spans 9 tokens, the worst case
     assert stop(list(b"7 apples.\n\nQuestion:")) and not stop(list(b"7 apples.\n\nQuestion"))
