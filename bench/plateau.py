@@ -191,8 +191,9 @@ def long_run(args, name: str, seed: int, lr: float, teacher, tok, held, check_ti
 
 def join(args, other: str):
     """Add the finished runs of the experiment in `other` to --out: the same settings and teacher, arms and seeds
-    --out does not have. Arms run side by side (one process and one thread each, a --out each) are so reported
-    as one experiment. Their points, logs and run directories are copied; `other` is left as it was."""
+    --out does not have (a run joined before is passed over, so `other` may be joined again as it grows). Arms
+    run side by side (one process and one thread each, a --out each) are so reported as one experiment. Their
+    points, logs and run directories are copied; `other` is left as it was."""
     saved = cli.read_json(os.path.join(other, "config.json"), "experiment config")
     changed = cli.changed_settings(saved, {k: getattr(args, k) for k in FIXED if k != "rates"})
     if changed or saved.get("teacher_sha256") != args.fingerprint:
@@ -201,11 +202,20 @@ def join(args, other: str):
     if not saved.get("rates"):
         cli.fail(f"--join {other}: its rates came from its own sweep - join experiments run with --rates")
     mine, theirs = read_rows(os.path.join(args.out, "points.csv")), read_rows(os.path.join(other, "points.csv"))
-    runs = sorted({(r["arm"], r["seed"]) for r in theirs})
+
+    def points_of(rows, arm, seed):
+        return [r for r in rows if r["arm"] == arm and r["seed"] == seed]
+
+    runs = []
+    for arm, seed in sorted({(r["arm"], r["seed"]) for r in theirs}):
+        if points_of(mine, arm, seed) == points_of(theirs, arm, seed):
+            continue  # joined before: an experiment may be joined again as it grows
+        if points_of(mine, arm, seed):
+            cli.fail(f"--join {other}: {arm} seed {seed} is in --out {args.out} already, with other points - join "
+                     "other arms or seeds")
+        runs.append((arm, seed))
     for arm, seed in runs:
-        if any(r["arm"] == arm and r["seed"] == seed for r in mine):
-            cli.fail(f"--join {other}: {arm} seed {seed} is in --out {args.out} already - join other arms or seeds")
-        if str(args.steps) not in {r["step"] for r in theirs if r["arm"] == arm and r["seed"] == seed}:
+        if str(args.steps) not in {r["step"] for r in points_of(theirs, arm, seed)}:
             cli.fail(f"--join {other}: {arm} seed {seed} has not reached step {args.steps} - finish it there "
                      "with --resume first")
         if (args.rates or {}).get(arm, saved["rates"][arm]) != saved["rates"][arm]:
@@ -224,8 +234,10 @@ def join(args, other: str):
     if not os.path.exists(os.path.join(args.out, "teacher.json")):  # the same teacher on the same held-out data
         shutil.copyfile(os.path.join(other, "teacher.json"), os.path.join(args.out, "teacher.json"))
     args.rates = (args.rates or {}) | {arm: saved["rates"][arm] for arm, _ in runs}
-    write_rows(os.path.join(args.out, "points.csv"), mine + theirs)
-    print(f"joined from {other}: " + ", ".join(f"{arm} seed {seed}" for arm, seed in runs), flush=True)
+    new_rows = [r for arm, seed in runs for r in points_of(theirs, arm, seed)]
+    write_rows(os.path.join(args.out, "points.csv"), mine + new_rows)
+    print(f"joined from {other}: " + (", ".join(f"{arm} seed {seed}" for arm, seed in runs) or "nothing new"),
+          flush=True)
 
 
 def measure_held(model, tok, held, args) -> tuple[dict, list[dict]]:

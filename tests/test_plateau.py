@@ -140,7 +140,7 @@ def test_sweep_then_segmented_runs_measured_as_written(tmp_path):
                         check=False)
     assert moved.returncode == 2 and "--rates" in moved.stderr and len(moved.stderr.strip().splitlines()) == 1
     # an arm run on its own (another process, another --out) joins the experiment: nothing runs again, its points,
-    # runs and logs are copied, and the report has both arms; a joined run is never joined twice
+    # runs and logs are copied, and the report has both arms; joined again, nothing is added
     solo, given = tmp_path / "solo", tmp_path / "given"
     run_plateau(*common[:-1], solo, "--rates", "red=1e-3", "--arms", "red")
     before = read_csv(given / "points.csv")
@@ -151,12 +151,13 @@ def test_sweep_then_segmented_runs_measured_as_written(tmp_path):
     assert [(r["arm"], r["step"]) for r in rows] == [(a, s) for a in ("lrc", "red") for s in ("0", "2", "4")]
     assert ckpt.read_metrics(str(given / "runs" / "red-s0.run")) == ckpt.read_metrics(str(solo / "runs" / "red-s0.run"))
     assert "| red | 1 |" in (given / "plateau.md").read_text() and "| lrc | 1 |" in (given / "plateau.md").read_text()
-    twice = run_plateau(*common[:-1], given, "--rates", "lrc=3e-3", "--arms", "lrc", "--resume", "--join", solo,
-                        check=False)
-    assert twice.returncode == 2 and "is in --out" in twice.stderr and len(read_csv(given / "points.csv")) == 6
+    twice = run_plateau(*common[:-1], given, "--rates", "lrc=3e-3", "--arms", "lrc", "--resume", "--join", solo)
+    assert "joined from" in twice.stdout and "nothing new" in twice.stdout and read_csv(given / "points.csv") == rows
     # only an experiment made alike (its settings and teacher), and only finished runs
+    other_points = lambda c, p: (c, [r | {"solution_ppl": "1.5"} for r in p])  # noqa: E731
     for name, edit, why in (("odd", lambda c, p: (c | {"steps": 6}, p), "not an experiment of this one's settings"),
-                            ("unfinished", lambda c, p: (c, p[:-1]), "has not reached step 4")):
+                            ("unfinished", lambda c, p: (c, p[:-1]), "has not reached step 4"),
+                            ("clash", other_points, "already, with other points")):
         config, points = edit(json.load(open(solo / "config.json")), read_csv(solo / "points.csv"))
         (tmp_path / name).mkdir()
         (tmp_path / name / "config.json").write_text(json.dumps(config))
@@ -164,7 +165,8 @@ def test_sweep_then_segmented_runs_measured_as_written(tmp_path):
             writer = csv.DictWriter(f, fieldnames=list(points[0]))
             writer.writeheader()
             writer.writerows(points)
-        refused = run_plateau(*common[:-1], tmp_path / f"{name}-into", "--rates", "lrc=3e-3", "--arms", "lrc",
+        into = given if name == "clash" else tmp_path / f"{name}-into"  # clash: red seed 0 is in given already
+        refused = run_plateau(*common[:-1], into, "--rates", "lrc=3e-3", "--arms", "lrc", "--resume",
                               "--join", tmp_path / name, check=False)
         assert refused.returncode == 2 and why in refused.stderr and len(refused.stderr.strip().splitlines()) == 1
     for bad, why in ((["red=1e-3"], "no rate for lrc"), (["red:1e-3", "lrc=1e-3"], "not ARM=LR")):
