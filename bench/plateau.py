@@ -201,24 +201,17 @@ def join(args, other: str):
                  f"({'; '.join(changed) or 'other teacher weights'}) - join only experiments made alike")
     if not saved.get("rates"):
         cli.fail(f"--join {other}: its rates came from its own sweep - join experiments run with --rates")
-    mine, theirs = read_rows(os.path.join(args.out, "points.csv")), read_rows(os.path.join(other, "points.csv"))
-
-    def points_of(rows, arm, seed):
-        return [r for r in rows if r["arm"] == arm and r["seed"] == seed]
-
-    runs = []
-    for arm, seed in sorted({(r["arm"], r["seed"]) for r in theirs}):
-        if points_of(mine, arm, seed) == points_of(theirs, arm, seed):
-            continue  # joined before: an experiment may be joined again as it grows
-        if points_of(mine, arm, seed):
+    rows = read_rows(os.path.join(args.out, "points.csv"))
+    mine, theirs = by_run(rows), by_run(read_rows(os.path.join(other, "points.csv")))
+    runs = [run for run, points in sorted(theirs.items()) if mine.get(run) != points]  # joined before: passed over
+    for arm, seed in runs:
+        if (arm, seed) in mine:
             cli.fail(f"--join {other}: {arm} seed {seed} is in --out {args.out} already, with other points - join "
                      "other arms or seeds")
-        runs.append((arm, seed))
-    for arm, seed in runs:
-        if str(args.steps) not in {r["step"] for r in points_of(theirs, arm, seed)}:
+        if str(args.steps) not in {r["step"] for r in theirs[arm, seed]}:
             cli.fail(f"--join {other}: {arm} seed {seed} has not reached step {args.steps} - finish it there "
                      "with --resume first")
-        if (args.rates or {}).get(arm, saved["rates"][arm]) != saved["rates"][arm]:
+        if args.rates.get(arm, saved["rates"][arm]) != saved["rates"][arm]:
             cli.fail(f"--join {other}: {arm} ran at lr {saved['rates'][arm]:g}, --out has {args.rates[arm]:g}")
         if os.path.exists(os.path.join(args.out, "runs", f"{arm}-s{seed}")):
             cli.fail(f"--join {other}: --out {args.out} has an unmeasured run of {arm} seed {seed} - finish it "
@@ -233,9 +226,8 @@ def join(args, other: str):
                 shutil.copyfile(source, target)
     if not os.path.exists(os.path.join(args.out, "teacher.json")):  # the same teacher on the same held-out data
         shutil.copyfile(os.path.join(other, "teacher.json"), os.path.join(args.out, "teacher.json"))
-    args.rates = (args.rates or {}) | {arm: saved["rates"][arm] for arm, _ in runs}
-    new_rows = [r for arm, seed in runs for r in points_of(theirs, arm, seed)]
-    write_rows(os.path.join(args.out, "points.csv"), mine + new_rows)
+    args.rates |= {arm: saved["rates"][arm] for arm, _ in runs}
+    write_rows(os.path.join(args.out, "points.csv"), rows + [r for run in runs for r in theirs[run]])
     print(f"joined from {other}: " + (", ".join(f"{arm} seed {seed}" for arm, seed in runs) or "nothing new"),
           flush=True)
 
@@ -285,6 +277,14 @@ def read_rows(path: str) -> list[dict]:
         return []
     with open(path, newline="") as f:
         return list(csv.DictReader(f))
+
+
+def by_run(rows: list[dict]) -> dict[tuple[str, str], list[dict]]:
+    """points.csv rows grouped by run, (arm, seed), in their order."""
+    runs = {}
+    for r in rows:
+        runs.setdefault((r["arm"], r["seed"]), []).append(r)
+    return runs
 
 
 def write_rows(path: str, rows: list[dict]):
@@ -445,8 +445,8 @@ def plot(args, runs):
                         color=color[arm], label=arm if i == 0 else None)
         ax.set(xscale="log", xlabel=f"{label} (held out)", ylim=(-0.02, 1),
                ylabel=f"accuracy on {hard_steps(args)[0]}-{hard_steps(args)[-1]}-step problems")
-        for axis in (ax.xaxis.set_major_formatter, ax.xaxis.set_minor_formatter):  # 1.02, not 1.02 x 10^0
-            axis(plt.FuncFormatter(lambda v, _: f"{v:.3g}"))
+        for set_formatter in (ax.xaxis.set_major_formatter, ax.xaxis.set_minor_formatter):  # 1.02, not 1.02 x 10^0
+            set_formatter(plt.FuncFormatter(lambda v, _: f"{v:.3g}"))
     fig.suptitle("along training: accuracy against fit (each line one seed; training moves it right to left)")
     save(fig, os.path.join(args.out, "accuracy_vs_fit.png"), axes[0])
     fig, ax = plt.subplots(figsize=(7, 4))
@@ -553,9 +553,9 @@ def main():
         except ckpt.RunError:
             cli.fail(f"--out {args.out}: another bench/plateau.py is running this experiment - wait for it, or stop "
                      "it (the same command with --resume continues)")
+        if args.join and not args.rates:
+            cli.fail("--join needs --rates: it joins experiments of given learning rates, not of a sweep")
         for other in args.join:
-            if not args.rates:
-                cli.fail("--join needs --rates: it joins experiments of given learning rates, not of a sweep")
             join(args, other)
     cli.write_json(config_path, {k: getattr(args, k) for k in FIXED} | {"teacher_sha256": args.fingerprint})
     start = time.time()

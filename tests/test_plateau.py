@@ -19,7 +19,7 @@ import pytest
 
 import checkpoint as ckpt
 import eval_reasoning as er
-from bench.plateau import next_rate, plateau
+from bench.plateau import next_rate, plateau, write_rows
 from load_weights import load_model
 from problems import make_synthetic
 from tokenizer import load_tokenizer
@@ -161,10 +161,7 @@ def test_sweep_then_segmented_runs_measured_as_written(tmp_path):
         config, points = edit(json.load(open(solo / "config.json")), read_csv(solo / "points.csv"))
         (tmp_path / name).mkdir()
         (tmp_path / name / "config.json").write_text(json.dumps(config))
-        with open(tmp_path / name / "points.csv", "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(points[0]))
-            writer.writeheader()
-            writer.writerows(points)
+        write_rows(str(tmp_path / name / "points.csv"), points)
         into = given if name == "clash" else tmp_path / f"{name}-into"  # clash: red seed 0 is in given already
         refused = run_plateau(*common[:-1], into, "--rates", "lrc=3e-3", "--arms", "lrc", "--resume",
                               "--join", tmp_path / name, check=False)
