@@ -21,6 +21,8 @@ redoing a finished segment, so a long experiment is split into commands of bound
 (config.json with the teacher's sha256, teacher.json, points.csv) is enough to continue it elsewhere: copied into
 a fresh --out, finished runs are skipped, and a teacher whose bytes differ is refused. --rates ARM=LR ... gives
 the rates of an earlier sweep instead of running one; on --resume it may add an arm with its rate, never change one.
+--device cuda (the default where a GPU is) trains the students there in bf16 autocast and measures every point
+there in fp32: a record of another machine kind, not more seeds of a CPU one.
 --join DIR ... adds the finished runs of experiments made alike in other directories, e.g. arms run side by side
 (a process, a thread and a --out each: OMP_NUM_THREADS=1), so that they are reported as one experiment.
 The data: the teacher's training problems (bench/red_vs_lrc.py's synthetic corpus) and its general text
@@ -85,7 +87,7 @@ def distill_flags(args, name: str, seed: int, lr: float, steps: int, every: int)
     return ["--teacher", args.teacher, "--width", args.width, "--data", args.data,
             f"{args.text_train}:{args.text_weight}", "--init", init, "--steps", steps, "--seq-len", args.seq_len,
             "--batch-size", args.batch_size, "--lr", lr, "--eval-every", every, "--ckpt-every", every,
-            "--seed", seed, "--eval-problems", 0, *flags]
+            "--seed", seed, "--eval-problems", 0, "--device", args.device, *flags]
 
 
 def continue_run(args, out: str, flags: list, stop_at: int) -> float | None:
@@ -503,6 +505,8 @@ def main():
     parser.add_argument("--max-new-tokens", type=int, default=48, help="+ 24 per problem step")
     parser.add_argument("--eval-batch", type=int, default=64)
     parser.add_argument("--windows", type=int, default=64, help="held-out problem windows for perplexity, eRank")
+    parser.add_argument("--device", type=cli.device, default=cli.default_device(), help="where the students train "
+                        "(bf16 autocast on a GPU) and every point is measured (fp32): cuda when available")
     parser.add_argument("--max-minutes", type=cli.float_in(0, low_open=True), default=math.inf,
                         help="stop between segments after this long; continue with --resume")
     parser.add_argument("--out", default="out/plateau")
@@ -567,7 +571,7 @@ def main():
     args.data = os.path.join(args.out, "problems.jsonl")  # the training problems; also the calibration data
     if not os.path.exists(args.data):
         rvl.write_corpus(args.data, args.corpus_per_step, args.steps_list, 0)
-    teacher, tok = load_model(args.teacher), load_tokenizer(args.teacher)
+    teacher, tok = load_model(args.teacher, device=args.device), load_tokenizer(args.teacher)  # fp32, as measured
     held = (*rvl.held_out(tok, args), load_windows(args.text_heldout, tok, args.seq_len))
     measure_teacher(args, teacher, tok, held)
     interrupted = False
