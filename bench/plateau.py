@@ -571,7 +571,7 @@ def main():
     args.data = os.path.join(args.out, "problems.jsonl")  # the training problems; also the calibration data
     if not os.path.exists(args.data):
         rvl.write_corpus(args.data, args.corpus_per_step, args.steps_list, 0)
-    teacher, tok = load_model(args.teacher, device=args.device), load_tokenizer(args.teacher)  # fp32, as measured
+    teacher, tok = load_model(args.teacher, device=args.device), load_tokenizer(args.teacher)  # fp32 on any device
     held = (*rvl.held_out(tok, args), load_windows(args.text_heldout, tok, args.seq_len))
     measure_teacher(args, teacher, tok, held)
     interrupted = False
