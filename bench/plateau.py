@@ -22,7 +22,8 @@ redoing a finished segment, so a long experiment is split into commands of bound
 a fresh --out, finished runs are skipped, and a teacher whose bytes differ is refused. --rates ARM=LR ... gives
 the rates of an earlier sweep instead of running one; on --resume it may add an arm with its rate, never change one.
 --device cuda (the default where a GPU is) trains the students there in bf16 autocast and measures every point
-there in fp32: a record of another machine kind, not more seeds of a CPU one.
+there in fp32: a record of another machine kind, not more seeds of a CPU one. config.json says on which kind its
+runs trained ("trained_on"); training more on another kind, or joining runs of another kind, is refused.
 --join DIR ... adds the finished runs of experiments made alike in other directories, e.g. arms run side by side
 (a process, a thread and a --out each: OMP_NUM_THREADS=1), so that they are reported as one experiment.
 The data: the teacher's training problems (bench/red_vs_lrc.py's synthetic corpus) and its general text
@@ -93,10 +94,22 @@ def distill_flags(args, name: str, seed: int, lr: float, steps: int, every: int)
 def continue_run(args, out: str, flags: list, stop_at: int) -> float | None:
     """distill.py up to step `stop_at` (a fresh run, or --resume of one with a checkpoint); wall seconds, or
     None when the loss diverged."""
+    if device_kind(args.device) != args.trained_on:  # bf16 GPU runs and fp32 CPU runs are not seeds of one record
+        cli.fail(f"--out {args.out}: its runs trained on {args.trained_on}, --device {args.device} would add a run "
+                 f"of another kind - use --device {args.trained_on} here, or train in a --out of its own")
     again = ["--resume"] if ckpt.latest_checkpoint(out + ".run") else ["--overwrite"]
     os.makedirs(os.path.dirname(out), exist_ok=True)
     return rvl.run_tool(args, "distill.py", [*flags, "--stop-at", stop_at, "--out", out, *again], out + ".log",
                         append=again == ["--resume"], tolerate="error: loss is ")
+
+
+def device_kind(device: str) -> str:
+    return device.split(":")[0]  # "cuda:1" -> "cuda"
+
+
+def trained_on(config: dict) -> str:
+    """The device kind an experiment's runs trained on; records written before config.json said so are cpu ones."""
+    return config.get("trained_on", "cpu")
 
 
 def final_val_loss(run_dir: str) -> float:
@@ -204,6 +217,11 @@ def join(args, other: str):
     if not saved.get("rates"):
         cli.fail(f"--join {other}: its rates came from its own sweep - join experiments run with --rates")
     rows = read_rows(os.path.join(args.out, "points.csv"))
+    if not os.path.exists(os.path.join(args.out, "config.json")):  # a new record: of the kind of the runs it joins
+        args.trained_on = trained_on(saved)
+    if trained_on(saved) != args.trained_on:
+        cli.fail(f"--join {other}: its runs trained on {trained_on(saved)}, those of --out {args.out} on "
+                 f"{args.trained_on} - join runs of one device kind")
     mine, theirs = by_run(rows), by_run(read_rows(os.path.join(other, "points.csv")))
     runs = [run for run, points in sorted(theirs.items()) if mine.get(run) != points]  # joined before: passed over
     for arm, seed in runs:
@@ -530,10 +548,12 @@ def main():
                 cli.fail(f"{flag} {path}: no such file - train the teacher with bench/reasoning_teacher.py "
                          f"(--text-fraction > 0) or pass {flag}")
         args.fingerprint = fingerprint(args.teacher)  # the experiment's points are of this teacher only
+        args.trained_on = device_kind(args.device)
         if os.path.isdir(args.out) and set(os.listdir(args.out)) - {"lock"}:
             if not args.resume:
                 cli.fail(f"--out {args.out} holds an experiment - continue it with --resume, or choose another --out")
             saved = cli.read_json(config_path)
+            args.trained_on = trained_on(saved)
             old_rates = saved.get("rates") or {}  # an arm's rate is fixed; a new arm may bring its own
             if old_rates and args.rates and all(old_rates.get(arm, lr) == lr for arm, lr in args.rates.items()):
                 args.rates = old_rates | args.rates
@@ -561,7 +581,8 @@ def main():
             cli.fail("--join needs --rates: it joins experiments of given learning rates, not of a sweep")
         for other in args.join:
             join(args, other)
-    cli.write_json(config_path, {k: getattr(args, k) for k in FIXED} | {"teacher_sha256": args.fingerprint})
+    cli.write_json(config_path, {k: getattr(args, k) for k in FIXED} | {"teacher_sha256": args.fingerprint,
+                                                                         "trained_on": args.trained_on})
     start = time.time()
 
     def check_time():

@@ -166,6 +166,23 @@ def test_sweep_then_segmented_runs_measured_as_written(tmp_path):
         refused = run_plateau(*common[:-1], into, "--rates", "lrc=3e-3", "--arms", "lrc", "--resume",
                               "--join", tmp_path / name, check=False)
         assert refused.returncode == 2 and why in refused.stderr and len(refused.stderr.strip().splitlines()) == 1
+    # runs of another device kind (bf16 on a GPU) are not more seeds of a CPU record: neither joined nor trained
+    gpu = tmp_path / "gpu"
+    gpu.mkdir()
+    (gpu / "config.json").write_text(json.dumps(json.load(open(solo / "config.json")) | {"trained_on": "cuda"}))
+    write_rows(str(gpu / "points.csv"), read_csv(solo / "points.csv"))
+    (gpu / "teacher.json").write_bytes((solo / "teacher.json").read_bytes())
+    assert json.load(open(given / "config.json"))["trained_on"] == "cpu"
+    refused = run_plateau(*common[:-1], given, "--rates", "lrc=3e-3", "--arms", "lrc", "--resume", "--join", gpu,
+                          check=False)
+    assert refused.returncode == 2 and "trained on cuda, those of" in refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1 and read_csv(given / "points.csv") == rows
+    run_plateau(*common[:-1], tmp_path / "gpu-record", "--rates", "red=1e-3", "--arms", "red", "--join", gpu)
+    assert json.load(open(tmp_path / "gpu-record" / "config.json"))["trained_on"] == "cuda"  # a new record: theirs
+    refused = run_plateau(*common[:-1], tmp_path / "gpu-record", "--rates", "red=1e-3", "--arms", "red", "--seeds",
+                          1, "--resume", check=False)  # seed 1 would train here, on the CPU
+    assert refused.returncode == 2 and "would add a run of another kind" in refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1
     for bad, why in ((["red=1e-3"], "no rate for lrc"), (["red:1e-3", "lrc=1e-3"], "not ARM=LR")):
         refused = run_plateau(*common[:-1], tmp_path / "bad", "--rates", *bad, check=False)
         assert refused.returncode == 2 and why in refused.stderr and len(refused.stderr.strip().splitlines()) == 1
