@@ -406,29 +406,45 @@ def at_fit(points: list[dict], key: str, target: float) -> dict | None:
     return next((p for p in points if p[key] <= target), None)
 
 
+def interpolated_accuracy(points: list[dict], key: str, target: float, args) -> float | None:
+    """RED's hard-problem accuracy at `key` perplexity `target`, read off the straight line between its last
+    point that fitted worse and its first that fitted as well (in step order): an interpolation, not a
+    measurement. None when RED never fitted as well, or fitted as well from its first trained point on (a line
+    from the init, hundreds of perplexity away, says nothing)."""
+    for before, after in zip(points, points[1:]):
+        if after[key] <= target < before[key] and before["step"] > 0:
+            w = (before[key] - target) / (before[key] - after[key])  # 0 at `before`, 1 at `after`
+            return (1 - w) * hard_accuracy(before, args) + w * hard_accuracy(after, args)
+    return None
+
+
 def equal_fit(args, runs) -> list[str]:
     """For each arm and seed, and for each fit (solution and general perplexity): the arm's best fit, its
-    hard-problem accuracy there, and RED's (same seed) accuracy at the first point where RED fitted as well."""
+    hard-problem accuracy there, RED's (same seed) accuracy at the first point where RED fitted as well, and
+    RED's accuracy interpolated to exactly that fit."""
     if "red" not in runs:
         return []
     hard = f"acc {hard_steps(args)[0]}-{hard_steps(args)[-1]}"
     lines = []
     for key, what in (("solution_ppl", "solution perplexity"), ("general_ppl", "general-text perplexity")):
         lines += [f"## At equal fit: {what}", "", f"| arm | seed | step | {what} | {hard} | red: step | "
-                  f"red: {what} | red: {hard} |", "|---|---|---|---|---|---|---|---|"]
+                  f"red: {what} | red: {hard} | red: {hard}, interpolated |", "|---|---|---|---|---|---|---|---|---|"]
         for arm, seeds in runs.items():
             for seed, pts in seeds.items():
                 if arm == "red" or seed not in runs["red"]:
                     continue
                 best = min(pts, key=lambda p: p[key])
                 red = at_fit(runs["red"][seed], key, best[key])
-                tail = (f"{int(red['step'])} | {red[key]:.3f} | {hard_accuracy(red, args):.2f}" if red
-                        else "not reached | | ")
+                line = interpolated_accuracy(runs["red"][seed], key, best[key], args)
+                tail = (f"{int(red['step'])} | {red[key]:.3f} | {hard_accuracy(red, args):.2f} | "
+                        f"{'' if line is None else f'{line:.2f}'}" if red else "not reached | | |")
                 lines.append(f"| {arm} | {seed} | {int(best['step'])} | {best[key]:.3f} | "
                              f"{hard_accuracy(best, args):.2f} | {tail} |")
         lines.append("")
     return lines + [f"{hard}: mean greedy accuracy on the longest step counts. Each arm's best fit against RED's "
-                    "first measured point that fits as well.", ""]
+                    "first measured point that fits as well; interpolated: RED's accuracy on the straight line "
+                    "between that point and the one before it, at the arm's fit (a reading, not a measurement; "
+                    "none when the one before is the init).", ""]
 
 
 def factorial(args, finished) -> list[str]:

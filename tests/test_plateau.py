@@ -19,7 +19,7 @@ import pytest
 
 import checkpoint as ckpt
 import eval_reasoning as er
-from bench.plateau import next_rate, plateau, write_rows
+from bench.plateau import interpolated_accuracy, next_rate, plateau, write_rows
 from load_weights import load_model
 from problems import make_synthetic
 from tokenizer import load_tokenizer
@@ -40,6 +40,19 @@ def test_plateau_criterion_on_synthetic_curves():
     assert plateau([(3000, 1.0)]) == (False, math.inf)  # nothing to compare with: not flat
     # a rise counts as a change as much as a fall
     assert not plateau([(0, 1.0), (80, 1.0), (100, 1.05)])[0]
+
+
+def test_red_accuracy_interpolated_at_another_arms_fit():
+    args = argparse.Namespace(steps_list=[1, 2, 3, 4, 5, 6])
+    point = lambda step, ppl, acc: {"step": step, "solution_ppl": ppl, **{f"acc_{k}": acc for k in range(1, 7)}}  # noqa: E731
+    red = [point(0, 500.0, 0.0), point(900, 1.040, 0.30), point(1800, 1.020, 0.60), point(2700, 1.010, 0.80)]
+    # 1.035 lies a quarter of the way from 1.040 (30 %) to 1.020 (60 %): 30 + 0.25 * 30 = 37.5 %
+    assert interpolated_accuracy(red, "solution_ppl", 1.035, args) == pytest.approx(0.375)
+    assert interpolated_accuracy(red, "solution_ppl", 1.020, args) == pytest.approx(0.60)  # a measured fit: its point
+    assert interpolated_accuracy(red, "solution_ppl", 1.005, args) is None  # RED never fitted as well
+    assert interpolated_accuracy(red, "solution_ppl", 1.2, args) is None  # only a line from the init: no reading
+    hard_only = dict(red[1], acc_1=0.9)  # only the three longest step counts count: still 30 %, so (30 + 60) / 2 %
+    assert interpolated_accuracy([red[0], hard_only, red[2]], "solution_ppl", 1.030, args) == pytest.approx(0.45)
 
 
 def test_sweep_extends_its_grid_while_the_best_rate_is_at_an_edge():
