@@ -14,8 +14,9 @@ mean it has not learned yet. This harness separates the two (docs/METHOD.md §4.
      on the general text, greedy accuracy at each step count, and distill.py's own validation loss and
      projection spectra at that step;
   3. report: plateau.md (sweep, final table with mean and spread over seeds and the teacher, measured alike,
-     as its first row; the plateau criterion, equal-fit table, Table 6's factorial), points.csv, teacher.json,
-     and with matplotlib accuracy_vs_fit.png, erank_steps.png and erank_layers.png.
+     as its first row; the plateau criterion, equal-fit tables with RED's accuracy interpolated to each arm's
+     fit, Table 6's factorial), points.csv, teacher.json, and with matplotlib accuracy_vs_fit.png,
+     erank_steps.png and erank_layers.png.
 Everything is kept under --out; `--resume` continues after a stop (--max-minutes, Ctrl-C, a kill) without
 redoing a finished segment, so a long experiment is split into commands of bounded length. Its record
 (config.json with the teacher's sha256, teacher.json, points.csv) is enough to continue it elsewhere: copied into
