@@ -43,6 +43,7 @@ import sys
 import time
 
 import numpy as np
+import torch
 from safetensors.torch import load_file
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -95,17 +96,13 @@ def distill_flags(args, name: str, seed: int, lr: float, steps: int, every: int)
 def continue_run(args, out: str, flags: list, stop_at: int) -> float | None:
     """distill.py up to step `stop_at` (a fresh run, or --resume of one with a checkpoint); wall seconds, or
     None when the loss diverged."""
-    if device_kind(args.device) != args.trained_on:  # bf16 GPU runs and fp32 CPU runs are not seeds of one record
+    if torch.device(args.device).type != args.trained_on:  # bf16 GPU runs and fp32 CPU runs are not seeds of one record
         cli.fail(f"--out {args.out}: its runs trained on {args.trained_on}, --device {args.device} would add a run "
                  f"of another kind - use --device {args.trained_on} here, or train in a --out of its own")
     again = ["--resume"] if ckpt.latest_checkpoint(out + ".run") else ["--overwrite"]
     os.makedirs(os.path.dirname(out), exist_ok=True)
     return rvl.run_tool(args, "distill.py", [*flags, "--stop-at", stop_at, "--out", out, *again], out + ".log",
                         append=again == ["--resume"], tolerate="error: loss is ")
-
-
-def device_kind(device: str) -> str:
-    return device.split(":")[0]  # "cuda:1" -> "cuda"
 
 
 def trained_on(config: dict) -> str:
@@ -412,11 +409,13 @@ def interpolated_accuracy(points: list[dict], key: str, target: float, args) -> 
     point that fitted worse and its first that fitted as well (in step order): an interpolation, not a
     measurement. None when RED never fitted as well, or fitted as well from its first trained point on (a line
     from the init, hundreds of perplexity away, says nothing)."""
-    for before, after in zip(points, points[1:]):
-        if after[key] <= target < before[key] and before["step"] > 0:
-            w = (before[key] - target) / (before[key] - after[key])  # 0 at `before`, 1 at `after`
-            return (1 - w) * hard_accuracy(before, args) + w * hard_accuracy(after, args)
-    return None
+    after = at_fit(points, key, target)
+    i = points.index(after) if after else 0
+    if i == 0 or points[i - 1]["step"] == 0:
+        return None
+    before = points[i - 1]  # fitted worse than `target`, since `after` is the first that fits as well
+    w = (before[key] - target) / (before[key] - after[key])  # 0 at `before`, 1 at `after`
+    return (1 - w) * hard_accuracy(before, args) + w * hard_accuracy(after, args)
 
 
 def equal_fit(args, runs) -> list[str]:
@@ -436,9 +435,9 @@ def equal_fit(args, runs) -> list[str]:
                     continue
                 best = min(pts, key=lambda p: p[key])
                 red = at_fit(runs["red"][seed], key, best[key])
-                line = interpolated_accuracy(runs["red"][seed], key, best[key], args)
+                interpolated = interpolated_accuracy(runs["red"][seed], key, best[key], args)
                 tail = (f"{int(red['step'])} | {red[key]:.3f} | {hard_accuracy(red, args):.2f} | "
-                        f"{'' if line is None else f'{line:.2f}'}" if red else "not reached | | |")
+                        f"{'' if interpolated is None else f'{interpolated:.2f}'}" if red else "not reached | | |")
                 lines.append(f"| {arm} | {seed} | {int(best['step'])} | {best[key]:.3f} | "
                              f"{hard_accuracy(best, args):.2f} | {tail} |")
         lines.append("")
@@ -565,7 +564,7 @@ def main():
                 cli.fail(f"{flag} {path}: no such file - train the teacher with bench/reasoning_teacher.py "
                          f"(--text-fraction > 0) or pass {flag}")
         args.fingerprint = fingerprint(args.teacher)  # the experiment's points are of this teacher only
-        args.trained_on = device_kind(args.device)
+        args.trained_on = torch.device(args.device).type  # "cuda:1" -> "cuda"
         if os.path.isdir(args.out) and set(os.listdir(args.out)) - {"lock"}:
             if not args.resume:
                 cli.fail(f"--out {args.out} holds an experiment - continue it with --resume, or choose another --out")
