@@ -27,12 +27,14 @@ there in fp32: a record of another machine kind, not more seeds of a CPU one. co
 runs trained ("trained_on"); training more on another kind, or joining runs of another kind, is refused.
 --join DIR ... adds the finished runs of experiments made alike in other directories, e.g. arms run side by side
 (a process, a thread and a --out each: OMP_NUM_THREADS=1), so that they are reported as one experiment.
+--report DIR rewrites a record's report from its files alone (no teacher; nothing trained or measured).
 The data: the teacher's training problems (bench/red_vs_lrc.py's synthetic corpus) and its general text
 (bench/reasoning_teacher.py writes text_train.jsonl / text_heldout.jsonl beside the checkpoint).
 
 Builds on bench/red_vs_lrc.py (arms, init files, measurement), distill.py (run as a user runs it, with
 --stop-at and --resume), student.py, erank.py, data.py, checkpoint.py. Run as:
     python bench/plateau.py --teacher out/reasoning-teacher --out out/plateau [--resume] [--max-minutes 55]
+    python bench/plateau.py --report docs/plateau
 """
 import argparse
 import csv
@@ -393,10 +395,26 @@ def report(args):
         lines += ["", "flat: runs whose validation loss changed by less than 1 % over the last 20 % of the steps.",
                   ""]
         lines += equal_fit(args, runs) + factorial(args, finished)
+    lines += under_way(args, runs)
     with open(os.path.join(args.out, "plateau.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
     print("\n".join(lines))
     plot(args, runs)
+
+
+def under_way(args, runs) -> list[str]:
+    """The latest point of each run that has not reached --steps (stopped by --max-minutes, or still running)."""
+    latest = [(arm, seed, pts[-1]) for arm, seeds in runs.items() for seed, pts in seeds.items()
+              if pts[-1]["step"] < args.steps]
+    if not latest:
+        return []
+    head = ["arm", "seed", "step", *[f"acc {k}" for k in args.steps_list], "solution ppl", "general ppl", "eRank",
+            "validation loss"]
+    return [f"## Runs under way: their latest point (of {args.steps} steps)", "", "| " + " | ".join(head) + " |",
+            "|" + "---|" * len(head)] + [
+        f"| {arm} | {seed} | {int(p['step'])} | " + " | ".join(f"{p[f'acc_{k}']:.2f}" for k in args.steps_list)
+        + f" | {p['solution_ppl']:.3f} | {p['general_ppl']:.2f} | {p['erank_sq']:.1f} | {p['val_loss']:.3f} |"
+        for arm, seed, p in latest] + [""]
 
 
 def at_fit(points: list[dict], key: str, target: float) -> dict | None:
@@ -510,11 +528,24 @@ def plot(args, runs):
     print(f"plots: {args.out}/accuracy_vs_fit.png, {args.out}/erank_steps.png, {args.out}/erank_layers.png")
 
 
+def report_only(out: str):
+    """The report of a record (as docs/ keeps them) rewritten from its files alone: after a change to the report,
+    or for a record whose teacher lives on another machine. Its settings are config.json's, its arms those of its
+    points (and sweep), in the tables' order."""
+    saved = cli.read_json(os.path.join(out, "config.json"), "experiment config")
+    rows = read_rows(os.path.join(out, "points.csv")) + read_rows(os.path.join(out, "sweep.csv"))
+    if not rows:
+        cli.fail(f"--report {out}: no points.csv or sweep.csv there - pass a plateau.py --out or a record of one")
+    arms = {r["arm"] for r in rows}
+    report(argparse.Namespace(**saved, out=out, arms=[a for a in rvl.RUNS if a in arms]))
+
+
 # ---------------------------------------------------------------------------------------------------------
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--teacher", required=True, help="teacher directory (bench/reasoning_teacher.py's)")
+    parser.add_argument("--teacher", help="teacher directory (bench/reasoning_teacher.py's); needed except with "
+                        "--report")
     parser.add_argument("--width", type=cli.int_at_least(1), default=128)
     parser.add_argument("--arms", nargs="+", choices=list(rvl.RUNS), default=ARMS)
     parser.add_argument("--seeds", nargs="+", type=cli.int_at_least(0), default=[0, 1, 2])
@@ -550,7 +581,15 @@ def main():
                         "from an earlier sweep (e.g. red=3e-3): no sweep runs")
     parser.add_argument("--join", nargs="+", default=[], metavar="DIR", help="add the finished runs of "
                         "experiments made alike in other --out directories (e.g. arms run side by side)")
+    parser.add_argument("--report", metavar="DIR", help="only rewrite the report of the record in DIR from its "
+                        "files (config.json, points.csv): no teacher needed, nothing trained or measured")
     args = cli.parse_args(parser)
+    if args.report:
+        with cli.user_errors():
+            report_only(args.report)
+        return
+    if not args.teacher:
+        cli.fail("--teacher is required (the teacher directory) - or pass --report DIR to rewrite a record's report")
     args.rates = dict(args.rates) if args.rates else None
     args.text_train = args.text_train or os.path.join(args.teacher, "text_train.jsonl")
     args.text_heldout = args.text_heldout or os.path.join(args.teacher, "text_heldout.jsonl")

@@ -19,7 +19,7 @@ import pytest
 
 import checkpoint as ckpt
 import eval_reasoning as er
-from bench.plateau import interpolated_accuracy, next_rate, plateau, write_rows
+from bench.plateau import interpolated_accuracy, next_rate, plateau, under_way, write_rows
 from load_weights import load_model
 from problems import make_synthetic
 from tokenizer import load_tokenizer
@@ -53,6 +53,19 @@ def test_red_accuracy_interpolated_at_another_arms_fit():
     assert interpolated_accuracy(red, "solution_ppl", 1.2, args) is None  # only a line from the init: no reading
     hard_only = dict(red[1], acc_1=0.9)  # only the three longest step counts count: still 30 %, so (30 + 60) / 2 %
     assert interpolated_accuracy([red[0], hard_only, red[2]], "solution_ppl", 1.030, args) == pytest.approx(0.45)
+
+
+def test_report_lists_the_latest_point_of_each_unfinished_run():
+    args = argparse.Namespace(steps=3000, steps_list=[1, 2])
+    point = lambda step, acc: {"step": step, "acc_1": acc, "acc_2": acc / 2, "solution_ppl": 1.5, "general_ppl": 30.0,  # noqa: E731
+                               "erank_sq": 40.0, "val_loss": 2.0}
+    runs = {"red": {0: [point(0, 0.0), point(3000, 0.9)]},
+            "lrc": {0: [point(0, 0.0), point(1500, 0.4)], 1: [point(0, 0.0)]}}
+    lines = under_way(args, runs)
+    assert lines[0] == "## Runs under way: their latest point (of 3000 steps)"
+    assert [line.split(" | ")[:5] for line in lines[4:-1]] == [["| lrc", "0", "1500", "0.40", "0.20"],
+                                                               ["| lrc", "1", "0", "0.00", "0.00"]]  # red is done
+    assert under_way(args, {"red": runs["red"]}) == []
 
 
 def test_sweep_extends_its_grid_while_the_best_rate_is_at_an_edge():
@@ -141,6 +154,15 @@ def test_sweep_then_segmented_runs_measured_as_written(tmp_path):
     again = run_plateau(*common[:-1], record, "--resume")
     assert not (record / "inits").exists() and read_csv(record / "points.csv") == points
     assert (record / "plateau.md").read_text() == table
+    # or, after a change to the report, it is rewritten from the record's files alone: no teacher, nothing measured
+    files = sorted(os.listdir(record))
+    (record / "plateau.md").unlink()
+    run_plateau("--report", record)
+    assert (record / "plateau.md").read_text() == table and sorted(os.listdir(record)) == files
+    for bad, why in ((["--report", tmp_path / "none"], "unreadable experiment config"),
+                     (["--out", out, "--resume"], "--teacher is required")):
+        refused = run_plateau(*bad, check=False)
+        assert refused.returncode == 2 and why in refused.stderr and len(refused.stderr.strip().splitlines()) == 1
     # given rates: no sweep, every point at its arm's rate; an arm without one is refused before any work
     given = run_plateau(*common[:-1], tmp_path / "given", "--rates", "lrc=3e-3", "--arms", "lrc")
     assert not os.path.exists(tmp_path / "given" / "sweep.csv") and "\nsweep " not in given.stdout
