@@ -372,8 +372,7 @@ def report(args):
     if any(finished.values()):
         head = ["arm", "seeds", "lr", *[f"acc {k}" for k in args.steps_list], "solution ppl", "general ppl",
                 "eRank", "eRank general", "s_max/s_min", "flat", "tokens", "train min"]
-        lines += ["## At the end of the budget (mean ± sd over seeds)", "", "| " + " | ".join(head) + " |",
-                  "|" + "---|" * len(head)]
+        lines += ["## At the end of the budget (mean ± sd over seeds)", "", *table_head(head)]
         if os.path.exists(os.path.join(args.out, "teacher.json")):
             t = cli.read_json(os.path.join(args.out, "teacher.json"))
             cells = ["teacher", "", "", *[f"{t[f'acc_{k}']:.2f}" for k in args.steps_list], f"{t['solution_ppl']:.3f}",
@@ -402,19 +401,25 @@ def report(args):
     plot(args, runs)
 
 
+def table_head(columns: list[str]) -> list[str]:
+    """A markdown table's header line and rule."""
+    return ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+
+
 def under_way(args, runs) -> list[str]:
     """The latest point of each run that has not reached --steps (stopped by --max-minutes, or still running)."""
     latest = [(arm, seed, pts[-1]) for arm, seeds in runs.items() for seed, pts in seeds.items()
               if pts[-1]["step"] < args.steps]
     if not latest:
         return []
-    head = ["arm", "seed", "step", *[f"acc {k}" for k in args.steps_list], "solution ppl", "general ppl", "eRank",
-            "validation loss"]
-    return [f"## Runs under way: their latest point (of {args.steps} steps)", "", "| " + " | ".join(head) + " |",
-            "|" + "---|" * len(head)] + [
-        f"| {arm} | {seed} | {int(p['step'])} | " + " | ".join(f"{p[f'acc_{k}']:.2f}" for k in args.steps_list)
-        + f" | {p['solution_ppl']:.3f} | {p['general_ppl']:.2f} | {p['erank_sq']:.1f} | {p['val_loss']:.3f} |"
-        for arm, seed, p in latest] + [""]
+    lines = [f"## Runs under way: their latest point (of {args.steps} steps)", "",
+             *table_head(["arm", "seed", "step", *[f"acc {k}" for k in args.steps_list], "solution ppl",
+                          "general ppl", "eRank", "validation loss"])]
+    for arm, seed, p in latest:
+        cells = [arm, seed, int(p["step"]), *[f"{p[f'acc_{k}']:.2f}" for k in args.steps_list],
+                 f"{p['solution_ppl']:.3f}", f"{p['general_ppl']:.2f}", f"{p['erank_sq']:.1f}", f"{p['val_loss']:.3f}"]
+        lines.append("| " + " | ".join(map(str, cells)) + " |")
+    return lines + [""]
 
 
 def at_fit(points: list[dict], key: str, target: float) -> dict | None:
