@@ -13,10 +13,9 @@ mean it has not learned yet. This harness separates the two (docs/METHOD.md §4.
      the teacher's general corpus), perplexity and per-layer residual eRank on held-out problem windows, eRank
      on the general text, greedy accuracy at each step count, and distill.py's own validation loss and
      projection spectra at that step;
-  3. report: plateau.md (sweep, final table with mean and spread over seeds and the teacher, measured alike,
-     as its first row; the plateau criterion, equal-fit tables with RED's accuracy interpolated to each arm's
-     fit, Table 6's factorial), points.csv, teacher.json, and with matplotlib accuracy_vs_fit.png,
-     erank_steps.png and erank_layers.png.
+  3. record and report: points.csv (a row per measured point), teacher.json and config.json, from which
+     bench/plateau_report.py writes plateau.md (the sweep, the end of the budget with mean and spread over
+     seeds, the plateau criterion, equal fit, Table 6's factorial) and the figures, at every stop.
 Everything is kept under --out; `--resume` continues after a stop (--max-minutes, Ctrl-C, a kill) without
 redoing a finished segment, so a long experiment is split into commands of bounded length. Its record
 (config.json with the teacher's sha256, teacher.json, points.csv) is enough to continue it elsewhere: copied into
@@ -31,13 +30,13 @@ runs trained ("trained_on"); training more on another kind, or joining runs of a
 The data: the teacher's training problems (bench/red_vs_lrc.py's synthetic corpus) and its general text
 (bench/reasoning_teacher.py writes text_train.jsonl / text_heldout.jsonl beside the checkpoint).
 
-Builds on bench/red_vs_lrc.py (arms, init files, measurement), distill.py (run as a user runs it, with
---stop-at and --resume), student.py, erank.py, data.py, checkpoint.py. Run as:
+Builds on bench/red_vs_lrc.py (arms, init files, measurement), bench/plateau_report.py (tables, figures),
+distill.py (run as a user runs it, with --stop-at and --resume), student.py, erank.py, data.py, checkpoint.py.
+Run as:
     python bench/plateau.py --teacher out/reasoning-teacher --out out/plateau [--resume] [--max-minutes 55]
     python bench/plateau.py --report docs/plateau
 """
 import argparse
-import csv
 import math
 import os
 import shutil
@@ -49,10 +48,10 @@ import torch
 from safetensors.torch import load_file
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from bench.figures import pyplot, save  # noqa: E402
 import checkpoint as ckpt  # noqa: E402
 import cli  # noqa: E402
 from bench import red_vs_lrc as rvl  # noqa: E402
+from bench.plateau_report import arm_losses, by_run, read_rows, report, write_rows  # noqa: E402
 from data import load_windows  # noqa: E402
 from erank import measure_model  # noqa: E402
 from init_select import read_init  # noqa: E402
@@ -67,18 +66,6 @@ FIXED = ("teacher", "width", "steps", "points", "batch_size", "seq_len", "sweep_
 
 class OutOfTime(Exception):
     """--max-minutes reached: stop between segments; the same command with --resume continues."""
-
-
-def plateau(points: list[tuple[int, float]], tail: float = 0.2, tol: float = 0.01) -> tuple[bool, float]:
-    """(flattened, relative change) of a loss curve [(step, loss), ...] in step order: the change from the
-    last point at or before step (1 - tail) * final step to the final point, relative to the former. The
-    curve has flattened when that change is below `tol` (1 % over the last 20 % of the steps)."""
-    last_step, last = points[-1]
-    before = [loss for step, loss in points if step <= (1 - tail) * last_step]
-    if not before:
-        return False, math.inf
-    change = abs(last - before[-1]) / abs(before[-1])
-    return change < tol, change
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -134,10 +121,6 @@ def next_rate(args, loss: dict[float, float]) -> float | None:
     if best == tried[0] and sum(lr < grid[0] for lr in tried) < args.sweep_extend:
         return float(f"{best * grid[0] / grid[1]:.2g}")  # -> 9e-5, 2.7e-5
     return None
-
-
-def arm_losses(rows: list[dict], name: str) -> dict[float, float]:
-    return {float(r["lr"]): float(r["val_loss"]) for r in rows if r["arm"] == name}
 
 
 def arm_rate(text: str) -> tuple[str, float]:
@@ -289,250 +272,6 @@ def measure_point(args, name: str, seed: int, lr: float, step: int, model, tok, 
           f"eRank {row['erank_sq']:.1f} acc " + " ".join(f"{row[f'acc_{k}']:.2f}" for k in args.steps_list), flush=True)
 
 
-# ---------------------------------------------------------------------------------------------------------
-# Tables and figures
-
-def read_rows(path: str) -> list[dict]:
-    if not os.path.exists(path):
-        return []
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
-
-
-def by_run(rows: list[dict]) -> dict[tuple[str, str], list[dict]]:
-    """points.csv rows grouped by run, (arm, seed), in their order."""
-    runs = {}
-    for r in rows:
-        runs.setdefault((r["arm"], r["seed"]), []).append(r)
-    return runs
-
-
-def write_rows(path: str, rows: list[dict]):
-    """CSV written to a temporary file and renamed: a kill never leaves half a table."""
-    with open(path + ".tmp", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(path + ".tmp", path)
-
-
-def curves(args) -> dict[str, dict[int, list[dict]]]:
-    """arm -> seed -> its points in step order (values as floats)."""
-    out = {}
-    for r in read_rows(os.path.join(args.out, "points.csv")):
-        r = {k: (v if k == "arm" else float(v)) for k, v in r.items()}
-        out.setdefault(r["arm"], {}).setdefault(int(r["seed"]), []).append(r)
-    return {arm: {seed: sorted(pts, key=lambda r: r["step"]) for seed, pts in seeds.items()}
-            for arm, seeds in out.items()}
-
-
-def hard_steps(args) -> list[int]:
-    """The three longest step counts (4-6 by default): where collapse shows first."""
-    return sorted(args.steps_list)[-3:]
-
-
-def hard_accuracy(point: dict, args) -> float:
-    """Mean accuracy over the hard_steps problems."""
-    return float(np.mean([point[f"acc_{k}"] for k in hard_steps(args)]))
-
-
-def spread(values: list[float], digits: int = 2) -> str:
-    """'mean +- sd (n)' over seeds; a single seed prints its value."""
-    if len(values) == 1:
-        return f"{values[0]:.{digits}f}"
-    return f"{np.mean(values):.{digits}f} ± {np.std(values, ddof=1):.{digits}f}"
-
-
-def report(args):
-    """plateau.md (and the figures) from sweep.csv and points.csv, whatever of them exists."""
-    if args.rates:
-        rates = "learning rates given: " + ", ".join(f"{arm} {lr:g}" for arm, lr in args.rates.items()) + " (no sweep)"
-    else:
-        rates = f"sweep {args.sweep_steps} steps at lr " + ", ".join(f"{lr:g}" for lr in args.sweep_lrs) + " (seed 0)"
-    lines = [f"# Plateau runs: {os.path.basename(os.path.normpath(args.teacher))} -> width {args.width}", "",
-             f"{args.steps} steps x {args.batch_size} x {args.seq_len} tokens per run in {args.points} segments; "
-             f"data: the teacher's problems and general text (weight {args.text_weight}); accuracy on "
-             f"{args.eval_per_step} held-out problems per step count; {rates}", ""]
-    sweep_rows = read_rows(os.path.join(args.out, "sweep.csv"))
-    if sweep_rows:
-        rates = sorted({float(r["lr"]) for r in sweep_rows})  # the grid and its extensions
-        lines += ["## Learning-rate sweep: final validation loss", "",
-                  "| arm | " + " | ".join(f"lr {lr:g}" for lr in rates) + " | best |",
-                  "|---|" + "---|" * (len(rates) + 1)]
-        best = best_rates(args, sweep_rows)
-        for name in args.arms:
-            loss = arm_losses(sweep_rows, name)
-            lines.append(f"| {name} | " + " | ".join(f"{loss[lr]:.4f}" if lr in loss else "" for lr in rates)
-                         + (f" | {best[name]:g} |" if name in best else " | (sweep unfinished) |"))
-        lines += ["", f"Rates beyond the grid were tried where an arm's best was at its edge (up to "
-                  f"{args.sweep_extend} per side).", ""]
-    runs = curves(args)
-    finished = {arm: {seed: pts for seed, pts in seeds.items() if pts[-1]["step"] == args.steps}
-                for arm, seeds in runs.items()}
-    if any(finished.values()):
-        head = ["arm", "seeds", "lr", *[f"acc {k}" for k in args.steps_list], "solution ppl", "general ppl",
-                "eRank", "eRank general", "s_max/s_min", "flat", "tokens", "train min"]
-        lines += ["## At the end of the budget (mean ± sd over seeds)", "", *table_head(head)]
-        if os.path.exists(os.path.join(args.out, "teacher.json")):
-            t = cli.read_json(os.path.join(args.out, "teacher.json"))
-            cells = ["teacher", "", "", *[f"{t[f'acc_{k}']:.2f}" for k in args.steps_list], f"{t['solution_ppl']:.3f}",
-                     f"{t['general_ppl']:.2f}", f"{t['erank_sq']:.1f}", f"{t['erank_general']:.1f}"]
-            cells += [""] * (len(head) - len(cells))  # the training columns stay empty
-            lines.append("|" + "|".join(f" {c} " if c else " " for c in cells) + "|")
-        for arm, seeds in finished.items():
-            if not seeds:
-                continue
-            ends = [pts[-1] for pts in seeds.values()]
-            col = lambda key, d=2: spread([e[key] for e in ends], d)
-            flat = [plateau([(p["step"], p["val_loss"]) for p in pts])[0] for pts in seeds.values()]
-            minutes = np.mean([sum(p["train_s"] for p in pts) / 60 for pts in seeds.values()])
-            lines.append(f"| {arm} | {len(seeds)} | {ends[0]['lr']:g} | "
-                         + " | ".join(col(f"acc_{k}") for k in args.steps_list)
-                         + f" | {col('solution_ppl', 3)} | {col('general_ppl')} | {col('erank_sq', 1)} | "
-                         f"{col('erank_general', 1)} | {col('spectrum_ratio')} | {sum(flat)}/{len(flat)} | "
-                         f"{int(ends[0]['tokens']):,} | {minutes:.1f} |")
-        lines += ["", "flat: runs whose validation loss changed by less than 1 % over the last 20 % of the steps.",
-                  ""]
-        lines += equal_fit(args, runs) + factorial(args, finished)
-    lines += under_way(args, runs)
-    with open(os.path.join(args.out, "plateau.md"), "w") as f:
-        f.write("\n".join(lines) + "\n")
-    print("\n".join(lines))
-    plot(args, runs)
-
-
-def table_head(columns: list[str]) -> list[str]:
-    """A markdown table's header line and rule."""
-    return ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-
-
-def under_way(args, runs) -> list[str]:
-    """The latest point of each run that has not reached --steps (stopped by --max-minutes, or still running)."""
-    latest = [(arm, seed, pts[-1]) for arm, seeds in runs.items() for seed, pts in seeds.items()
-              if pts[-1]["step"] < args.steps]
-    if not latest:
-        return []
-    lines = [f"## Runs under way: their latest point (of {args.steps} steps)", "",
-             *table_head(["arm", "seed", "step", *[f"acc {k}" for k in args.steps_list], "solution ppl",
-                          "general ppl", "eRank", "validation loss"])]
-    for arm, seed, p in latest:
-        cells = [arm, seed, int(p["step"]), *[f"{p[f'acc_{k}']:.2f}" for k in args.steps_list],
-                 f"{p['solution_ppl']:.3f}", f"{p['general_ppl']:.2f}", f"{p['erank_sq']:.1f}", f"{p['val_loss']:.3f}"]
-        lines.append("| " + " | ".join(map(str, cells)) + " |")
-    return lines + [""]
-
-
-def at_fit(points: list[dict], key: str, target: float) -> dict | None:
-    """The first point whose `key` perplexity is at or below `target`, or None."""
-    return next((p for p in points if p[key] <= target), None)
-
-
-def interpolated_accuracy(points: list[dict], key: str, target: float, args) -> float | None:
-    """RED's hard-problem accuracy at `key` perplexity `target`, read off the straight line between its last
-    point that fitted worse and its first that fitted as well (in step order): an interpolation, not a
-    measurement. None when RED never fitted as well, or fitted as well from its first trained point on (a line
-    from the init, hundreds of perplexity away, says nothing)."""
-    after = at_fit(points, key, target)
-    i = points.index(after) if after else 0
-    if i == 0 or points[i - 1]["step"] == 0:
-        return None
-    before = points[i - 1]  # fitted worse than `target`, since `after` is the first that fits as well
-    w = (before[key] - target) / (before[key] - after[key])  # 0 at `before`, 1 at `after`
-    return (1 - w) * hard_accuracy(before, args) + w * hard_accuracy(after, args)
-
-
-def equal_fit(args, runs) -> list[str]:
-    """For each arm and seed, and for each fit (solution and general perplexity): the arm's best fit, its
-    hard-problem accuracy there, RED's (same seed) accuracy at the first point where RED fitted as well, and
-    RED's accuracy interpolated to exactly that fit."""
-    if "red" not in runs:
-        return []
-    hard = f"acc {hard_steps(args)[0]}-{hard_steps(args)[-1]}"
-    lines = []
-    for key, what in (("solution_ppl", "solution perplexity"), ("general_ppl", "general-text perplexity")):
-        lines += [f"## At equal fit: {what}", "", f"| arm | seed | step | {what} | {hard} | red: step | "
-                  f"red: {what} | red: {hard} | red: {hard}, interpolated |", "|---|---|---|---|---|---|---|---|---|"]
-        for arm, seeds in runs.items():
-            for seed, pts in seeds.items():
-                if arm == "red" or seed not in runs["red"]:
-                    continue
-                best = min(pts, key=lambda p: p[key])
-                red = at_fit(runs["red"][seed], key, best[key])
-                interpolated = interpolated_accuracy(runs["red"][seed], key, best[key], args)
-                tail = (f"{int(red['step'])} | {red[key]:.3f} | {hard_accuracy(red, args):.2f} | "
-                        f"{'' if interpolated is None else f'{interpolated:.2f}'}" if red else "not reached | | |")
-                lines.append(f"| {arm} | {seed} | {int(best['step'])} | {best[key]:.3f} | "
-                             f"{hard_accuracy(best, args):.2f} | {tail} |")
-        lines.append("")
-    return lines + [f"{hard}: mean greedy accuracy on the longest step counts. Each arm's best fit against RED's "
-                    "first measured point that fits as well; interpolated: RED's accuracy on the straight line "
-                    "between that point and the one before it, at the arm's fit (a reading, not a measurement; "
-                    "none when the one before is the init).", ""]
-
-
-def factorial(args, finished) -> list[str]:
-    """RED's Table 6 at the end of the budget: {select, gaussian} x {T = 1, T = 40}, accuracy on hard_steps."""
-    cells = {"red": ("select", "T = 1"), "select@T40": ("select", "T = 40"), "red+gaussian": ("gaussian", "T = 1"),
-             "lrc": ("gaussian", "T = 40")}
-    if not all(finished.get(arm) for arm in cells):
-        return []
-    value = lambda arm: spread([hard_accuracy(pts[-1], args) for pts in finished[arm].values()])
-    hard = f"{hard_steps(args)[0]}-{hard_steps(args)[-1]}"
-    return [f"## Table 6 at the end of the budget: accuracy on {hard}-step problems", "", "| init | T = 1 | T = 40 |",
-            "|---|---|---|", f"| select | {value('red')} | {value('select@T40')} |",
-            f"| gaussian | {value('red+gaussian')} | {value('lrc')} |", ""]
-
-
-def plot(args, runs):
-    """accuracy_vs_fit.png (hard-problem accuracy against solution and general perplexity along training, one
-    colour per arm, one line per seed), erank_steps.png (eRank against steps, mean and range over the seeds at each
-    step) and erank_layers.png (eRank per layer at step 0 and at the latest step, mean over the seeds there)."""
-    plt = pyplot()
-    if plt is None:
-        print("matplotlib not installed: no PNGs (pip install matplotlib)")
-        return
-    if not runs:
-        return
-    color = {arm: f"C{i}" for i, arm in enumerate(runs)}
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for ax, key, label in ((axes[0], "solution_ppl", "solution perplexity"),
-                           (axes[1], "general_ppl", "general-text perplexity")):
-        for arm, seeds in runs.items():
-            for i, pts in enumerate(seeds.values()):
-                pts = [p for p in pts if p["step"] > 0]
-                ax.plot([p[key] for p in pts], [hard_accuracy(p, args) for p in pts], "-o", ms=3, lw=1,
-                        color=color[arm], label=arm if i == 0 else None)
-        ax.set(xscale="log", xlabel=f"{label} (held out)", ylim=(-0.02, 1),
-               ylabel=f"accuracy on {hard_steps(args)[0]}-{hard_steps(args)[-1]}-step problems")
-        for set_formatter in (ax.xaxis.set_major_formatter, ax.xaxis.set_minor_formatter):  # 1.02, not 1.02 x 10^0
-            set_formatter(plt.FuncFormatter(lambda v, _: f"{v:.3g}"))
-    fig.suptitle("along training: accuracy against fit (each line one seed; training moves it right to left)")
-    save(fig, os.path.join(args.out, "accuracy_vs_fit.png"), axes[0])
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for arm, seeds in runs.items():  # a seed still running counts at the steps it has reached
-        steps = sorted({p["step"] for pts in seeds.values() for p in pts})
-        values = [[p["erank_sq"] for pts in seeds.values() for p in pts if p["step"] == s] for s in steps]
-        seeds_label = f"{len(seeds)} seed" + "s" * (len(seeds) > 1)
-        ax.plot(steps, [np.mean(v) for v in values], "-o", ms=3, color=color[arm], label=f"{arm} ({seeds_label})")
-        ax.fill_between(steps, [min(v) for v in values], [max(v) for v in values], color=color[arm], alpha=0.15)
-    ax.set(xlabel="step", ylabel="mean residual eRank (held-out problems)", title="eRank over training")
-    save(fig, os.path.join(args.out, "erank_steps.png"), ax)
-    fig, ax = plt.subplots(figsize=(9, 4))
-    for arm, seeds in runs.items():
-        last = max(pts[-1]["step"] for pts in seeds.values())  # mean over the seeds that have reached it
-        for step, style in ((0, "--"), (last, "-")):
-            at = [p for pts in seeds.values() for p in pts if p["step"] == step]
-            layers = sorted(int(k[len("erank_l"):]) for k in at[0] if k.startswith("erank_l"))
-            ax.plot(layers, [np.mean([p[f"erank_l{i}"] for p in at]) for i in layers], style, marker="o", ms=3,
-                    color=color[arm], label=f"{arm}, step {step:g}")
-    ax.set(xlabel="layer", ylabel="residual eRank (held-out problems)", xticks=layers)
-    ax.set_title("eRank per layer, mean over seeds: step 0 dashed (arms of one init share it), latest step solid",
-                 fontsize=9)
-    ax.legend(fontsize=7, handlelength=3, loc="center left", bbox_to_anchor=(1.01, 0.5))  # outside: lines cross
-    save(fig, os.path.join(args.out, "erank_layers.png"))
-    print(f"plots: {args.out}/accuracy_vs_fit.png, {args.out}/erank_steps.png, {args.out}/erank_layers.png")
-
-
 def report_only(out: str):
     """The report of a record (as docs/ keeps them) rewritten from its files alone: after a change to the report,
     or for a record whose teacher lives on another machine. Its settings are config.json's, its arms those of its
@@ -542,7 +281,8 @@ def report_only(out: str):
     if not rows:
         cli.fail(f"--report {out}: no points.csv or sweep.csv there - pass a plateau.py --out or a record of one")
     arms = {r["arm"] for r in rows}
-    report(argparse.Namespace(**saved, out=out, arms=[a for a in rvl.RUNS if a in arms]))
+    args = argparse.Namespace(**saved, out=out, arms=[a for a in rvl.RUNS if a in arms])
+    report(args, best_rates(args, read_rows(os.path.join(out, "sweep.csv"))))
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -667,7 +407,7 @@ def main():
               "with the same command and --resume", flush=True)
     except KeyboardInterrupt:  # Ctrl-C during a measurement: the points so far are kept, and reported
         interrupted = True
-    report(args)
+    report(args, best_rates(args, read_rows(os.path.join(args.out, "sweep.csv"))))
     if interrupted:
         cli.fail("interrupted - the finished points are kept; continue with the same command and --resume", code=130)
     print(f"{(time.time() - start) / 60:.1f} min; tables in {args.out}/plateau.md")

@@ -19,7 +19,8 @@ import pytest
 
 import checkpoint as ckpt
 import eval_reasoning as er
-from bench.plateau import interpolated_accuracy, next_rate, plateau, under_way, write_rows
+from bench.plateau import next_rate
+from bench.plateau_report import interpolated_accuracy, plateau, under_way, write_rows
 from load_weights import load_model
 from problems import make_synthetic
 from tokenizer import load_tokenizer
