@@ -9,6 +9,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
+DOCS = {path: path.read_text() for path in sorted((ROOT / "docs").glob("*.md"))}  # METHOD.md, equal-fit.md
 
 
 def test_equation_table_rows_point_to_existing_functions_and_tests():
@@ -28,15 +29,17 @@ def test_equation_table_rows_point_to_existing_functions_and_tests():
 
 
 def test_flags_in_readme_exist():
-    """Every --flag on a README command line of a tool is defined by that tool (distill.py's flags live in
-    run_config.py and init_select.add_init_arguments)."""
+    """Every --flag on a README (or docs/) command line of a tool is defined by that tool (distill.py's flags live
+    in run_config.py and init_select.add_init_arguments)."""
     sources = {"distill.py": ["run_config.py", "init_select.py"], "init_select.py": ["init_select.py"],
                "erank.py": ["erank.py"], "eval_reasoning.py": ["eval_reasoning.py"], "data.py": ["data.py"],
-               "student.py": ["student.py"], "scripts/generate.py": ["scripts/generate.py"]}
+               "student.py": ["student.py"], "scripts/generate.py": ["scripts/generate.py"],
+               "bench/plateau.py": ["bench/plateau.py"], "bench/reasoning_teacher.py": ["bench/reasoning_teacher.py"],
+               "bench/error_kinds.py": ["bench/error_kinds.py"]}
     checked = 0
     for tool, files in sources.items():
         source = "".join((ROOT / f).read_text() for f in files)
-        for line in re.findall(re.escape(tool) + r"[^\n`]*", README):
+        for line in re.findall(re.escape(tool) + r"[^\n`]*", README + "\n".join(DOCS.values())):
             for flag in re.findall(r"(--[a-z][a-z-]+)", line):
                 assert f'"{flag}"' in source, f"README uses {tool} {flag}, which {tool} does not define"
                 checked += 1
@@ -48,3 +51,14 @@ def test_pictures_and_scripts_the_readme_names_exist():
     assert len(named) >= 10
     for path in named:
         assert (ROOT / path).is_file(), f"README names {path}, which is not in the repository"
+
+
+def test_links_in_docs_resolve():
+    """docs/*.md link their figures relative to themselves; every link that is not a web address resolves."""
+    checked = 0
+    for path, text in DOCS.items():
+        for target in re.findall(r"\]\(([^)#\s]+)\)", text):
+            if not re.match(r"[a-z]+://", target):
+                assert (path.parent / target).exists(), f"{path.relative_to(ROOT)} links {target}, which does not exist"
+                checked += 1
+    assert checked >= 5
