@@ -272,6 +272,11 @@ def measure_point(args, name: str, seed: int, lr: float, step: int, model, tok, 
           f"eRank {row['erank_sq']:.1f} acc " + " ".join(f"{row[f'acc_{k}']:.2f}" for k in args.steps_list), flush=True)
 
 
+def write_report(args):
+    """plateau.md and the figures of --out (bench/plateau_report.py), with the best rate of each finished sweep."""
+    report(args, best_rates(args, read_rows(os.path.join(args.out, "sweep.csv"))))
+
+
 def report_only(out: str):
     """The report of a record (as docs/ keeps them) rewritten from its files alone: after a change to the report,
     or for a record whose teacher lives on another machine. Its settings are config.json's, its arms those of its
@@ -281,8 +286,7 @@ def report_only(out: str):
     if not rows:
         cli.fail(f"--report {out}: no points.csv or sweep.csv there - pass a plateau.py --out or a record of one")
     arms = {r["arm"] for r in rows}
-    args = argparse.Namespace(**saved, out=out, arms=[a for a in rvl.RUNS if a in arms])
-    report(args, best_rates(args, read_rows(os.path.join(out, "sweep.csv"))))
+    write_report(argparse.Namespace(**saved, out=out, arms=[a for a in rvl.RUNS if a in arms]))
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -407,7 +411,7 @@ def main():
               "with the same command and --resume", flush=True)
     except KeyboardInterrupt:  # Ctrl-C during a measurement: the points so far are kept, and reported
         interrupted = True
-    report(args, best_rates(args, read_rows(os.path.join(args.out, "sweep.csv"))))
+    write_report(args)
     if interrupted:
         cli.fail("interrupted - the finished points are kept; continue with the same command and --resume", code=130)
     print(f"{(time.time() - start) / 60:.1f} min; tables in {args.out}/plateau.md")

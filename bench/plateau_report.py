@@ -92,7 +92,7 @@ def hard_accuracy(point: dict, args) -> float:
 
 
 def spread(values: list[float], digits: int = 2) -> str:
-    """'mean +- sd (n)' over seeds; a single seed prints its value."""
+    """'mean ± sd' over seeds (sample sd); a single seed prints its value."""
     if len(values) == 1:
         return f"{values[0]:.{digits}f}"
     return f"{np.mean(values):.{digits}f} ± {np.std(values, ddof=1):.{digits}f}"
