@@ -25,7 +25,9 @@ the rates of an earlier sweep instead of running one; on --resume it may add an 
 there in fp32: a record of another machine kind, not more seeds of a CPU one. config.json says on which kind its
 runs trained ("trained_on"); training more on another kind, or joining runs of another kind, is refused.
 --join DIR ... adds the finished runs of experiments made alike in other directories, e.g. arms run side by side
-(a process, a thread and a --out each: OMP_NUM_THREADS=1), so that they are reported as one experiment.
+(a process, a thread and a --out each: OMP_NUM_THREADS=1), so that they are reported as one experiment; that
+command only joins (--arms and --seeds are not trained). A partial run in --out that it cannot finish (no run
+files: a record restored from docs/) is replaced by a finished run of the same arm and seed, and says so.
 --report DIR rewrites a record's report from its files alone (no teacher; nothing trained or measured).
 The data: the teacher's training problems (bench/red_vs_lrc.py's synthetic corpus) and its general text
 (bench/reasoning_teacher.py writes text_train.jsonl / text_heldout.jsonl beside the checkpoint).
@@ -207,16 +209,22 @@ def join(args, other: str):
                  f"{args.trained_on} - join runs of one device kind")
     mine, theirs = by_run(rows), by_run(read_rows(os.path.join(other, "points.csv")))
     runs = [run for run, points in sorted(theirs.items()) if mine.get(run) != points]  # joined before: passed over
+    stranded = []  # partial runs of --out that nothing can finish (a record's, its run files on a lost machine)
     for arm, seed in runs:
-        if (arm, seed) in mine:
-            cli.fail(f"--join {other}: {arm} seed {seed} is in --out {args.out} already, with other points - join "
-                     "other arms or seeds")
+        files = os.path.join(args.out, "runs", f"{arm}-s{seed}")
+        if (arm, seed) in mine:  # replaced only where --out can never finish it
+            finished = mine[arm, seed][-1]["step"] == str(args.steps)
+            if finished or os.path.exists(files + ".run"):
+                cli.fail(f"--join {other}: {arm} seed {seed} is in --out {args.out} already, with other points - "
+                         "join other arms or seeds" + ("" if finished else f" (or remove {files}.run, whose "
+                                                      "partial run the join would then replace)"))
+            stranded.append((arm, seed))
         if str(args.steps) not in {r["step"] for r in theirs[arm, seed]}:
             cli.fail(f"--join {other}: {arm} seed {seed} has not reached step {args.steps} - finish it there "
                      "with --resume first")
         if args.rates.get(arm, saved["rates"][arm]) != saved["rates"][arm]:
             cli.fail(f"--join {other}: {arm} ran at lr {saved['rates'][arm]:g}, --out has {args.rates[arm]:g}")
-        if os.path.exists(os.path.join(args.out, "runs", f"{arm}-s{seed}")):
+        if os.path.exists(files):
             cli.fail(f"--join {other}: --out {args.out} has an unmeasured run of {arm} seed {seed} - finish it "
                      "there (--resume) or remove its runs/ files")
     for arm, seed in runs:  # a record (its points only, as docs/ keeps them) has no run files to copy
@@ -230,7 +238,11 @@ def join(args, other: str):
     if not os.path.exists(os.path.join(args.out, "teacher.json")):  # the same teacher on the same held-out data
         shutil.copyfile(os.path.join(other, "teacher.json"), os.path.join(args.out, "teacher.json"))
     args.rates |= {arm: saved["rates"][arm] for arm, _ in runs}
-    write_rows(os.path.join(args.out, "points.csv"), rows + [r for run in runs for r in theirs[run]])
+    kept = [r for r in rows if (r["arm"], r["seed"]) not in stranded]
+    write_rows(os.path.join(args.out, "points.csv"), kept + [r for run in runs for r in theirs[run]])
+    for arm, seed in stranded:
+        print(f"replaced the partial run of {arm} seed {seed} in --out (steps 0-{mine[arm, seed][-1]['step']}, "
+              "no run files to finish it) by the finished one", flush=True)
     print(f"joined from {other}: " + (", ".join(f"{arm} seed {seed}" for arm, seed in runs) or "nothing new"),
           flush=True)
 
@@ -328,8 +340,8 @@ def main():
     parser.add_argument("--sweep-only", action="store_true", help="stop after the learning-rate sweep")
     parser.add_argument("--rates", nargs="+", type=arm_rate, metavar="ARM=LR", help="each arm's learning rate, "
                         "from an earlier sweep (e.g. red=3e-3): no sweep runs")
-    parser.add_argument("--join", nargs="+", default=[], metavar="DIR", help="add the finished runs of "
-                        "experiments made alike in other --out directories (e.g. arms run side by side)")
+    parser.add_argument("--join", nargs="+", default=[], metavar="DIR", help="only add the finished runs "
+                        "of experiments made alike in other --out directories (e.g. arms run side by side)")
     parser.add_argument("--report", metavar="DIR", help="only rewrite the report of the record in DIR from its "
                         "files (config.json, points.csv): no teacher needed, nothing trained or measured")
     args = cli.parse_args(parser)
@@ -370,7 +382,7 @@ def main():
                 cli.fail(f"--teacher {args.teacher} is not the teacher of the experiment in --out {args.out} (its "
                          "weights differ) - retrain it with the command the experiment was started with, or choose "
                          "another --out")
-        if args.rates and set(args.arms) - set(args.rates):
+        if args.rates and set(args.arms) - set(args.rates) and not args.join:
             cli.fail(f"--rates gives no rate for {', '.join(sorted(set(args.arms) - set(args.rates)))} - add ARM=LR "
                      "for each arm of --arms")
         if args.steps % args.points:
@@ -387,6 +399,10 @@ def main():
             join(args, other)
     cli.write_json(config_path, {k: getattr(args, k) for k in FIXED} | {"teacher_sha256": args.fingerprint,
                                                                          "trained_on": args.trained_on})
+    if args.join:  # joining is bookkeeping only: the record gains the runs, and nothing is trained here
+        write_report(args)
+        print(f"tables in {args.out}/plateau.md")
+        return
     start = time.time()
 
     def check_time():

@@ -189,6 +189,23 @@ def test_sweep_then_segmented_runs_measured_as_written(tmp_path):
     assert "| red | 1 |" in (given / "plateau.md").read_text() and "| lrc | 1 |" in (given / "plateau.md").read_text()
     twice = run_plateau(*common[:-1], given, "--rates", "lrc=3e-3", "--arms", "lrc", "--resume", "--join", solo)
     assert "joined from" in twice.stdout and "nothing new" in twice.stdout and read_csv(given / "points.csv") == rows
+    # a join only joins: a run that --arms and --seeds name but nobody has trained is not started by it
+    assert " seed 1 step " not in run_plateau(*common[:-1], given, "--rates", "lrc=3e-3", "--seeds", 0, 1, "--resume",
+                                              "--join", solo).stdout and read_csv(given / "points.csv") == rows
+    # a record's partial run (its run files gone with their machine) is replaced by a finished run of it, saying so;
+    # one that --out could still finish is refused
+    stranded = tmp_path / "stranded"
+    stranded.mkdir()
+    for name in ("config.json", "teacher.json"):
+        (stranded / name).write_bytes((solo / name).read_bytes())
+    write_rows(str(stranded / "points.csv"), read_csv(solo / "points.csv")[:-1])  # red seed 0 at steps 0-2
+    (stranded / "runs" / "red-s0.run").mkdir(parents=True)
+    refused = run_plateau(*common[:-1], stranded, "--rates", "red=1e-3", "--resume", "--join", solo, check=False)
+    assert refused.returncode == 2 and "red-s0.run" in refused.stderr and len(refused.stderr.strip().splitlines()) == 1
+    (stranded / "runs" / "red-s0.run").rmdir()
+    replaced = run_plateau(*common[:-1], stranded, "--rates", "red=1e-3", "--resume", "--join", solo)
+    assert "replaced the partial run of red seed 0" in replaced.stdout and " seed 0 step " not in replaced.stdout
+    assert read_csv(stranded / "points.csv") == read_csv(solo / "points.csv")
     # only an experiment made alike (its settings and teacher), and only finished runs
     other_points = lambda c, p: (c, [r | {"solution_ppl": "1.5"} for r in p])  # noqa: E731
     for name, edit, why in (("odd", lambda c, p: (c | {"steps": 6}, p), "not an experiment of this one's settings"),
