@@ -209,17 +209,19 @@ def join(args, other: str):
                  f"{args.trained_on} - join runs of one device kind")
     mine, theirs = by_run(rows), by_run(read_rows(os.path.join(other, "points.csv")))
     runs = [run for run, points in sorted(theirs.items()) if mine.get(run) != points]  # joined before: passed over
-    stranded = []  # partial runs of --out that nothing can finish (a record's, its run files on a lost machine)
+    reached_end = lambda points: str(args.steps) in {r["step"] for r in points}  # noqa: E731
+    stranded = set()  # partial runs of --out that nothing can finish (a record's, its run files on a lost machine)
     for arm, seed in runs:
         files = os.path.join(args.out, "runs", f"{arm}-s{seed}")
-        if (arm, seed) in mine:  # replaced only where --out can never finish it
-            finished = mine[arm, seed][-1]["step"] == str(args.steps)
-            if finished or os.path.exists(files + ".run"):
-                cli.fail(f"--join {other}: {arm} seed {seed} is in --out {args.out} already, with other points - "
-                         "join other arms or seeds" + ("" if finished else f" (or remove {files}.run, whose "
-                                                      "partial run the join would then replace)"))
-            stranded.append((arm, seed))
-        if str(args.steps) not in {r["step"] for r in theirs[arm, seed]}:
+        if (arm, seed) in mine and reached_end(mine[arm, seed]):
+            cli.fail(f"--join {other}: {arm} seed {seed} is in --out {args.out} already, with other points - join "
+                     "other arms or seeds")
+        if (arm, seed) in mine and os.path.exists(files + ".run"):
+            cli.fail(f"--join {other}: {arm} seed {seed} is a partial run of --out {args.out} - finish it there with "
+                     f"--resume, or remove {files}.run to have the join replace it")
+        if (arm, seed) in mine:
+            stranded.add((arm, seed))
+        if not reached_end(theirs[arm, seed]):
             cli.fail(f"--join {other}: {arm} seed {seed} has not reached step {args.steps} - finish it there "
                      "with --resume first")
         if args.rates.get(arm, saved["rates"][arm]) != saved["rates"][arm]:
