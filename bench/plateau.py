@@ -209,18 +209,18 @@ def join(args, other: str):
                  f"{args.trained_on} - join runs of one device kind")
     mine, theirs = by_run(rows), by_run(read_rows(os.path.join(other, "points.csv")))
     runs = [run for run, points in sorted(theirs.items()) if mine.get(run) != points]  # joined before: passed over
-    reached_end = lambda points: str(args.steps) in {r["step"] for r in points}  # noqa: E731
-    stranded = set()  # partial runs of --out that nothing can finish (a record's, its run files on a lost machine)
+    def reached_end(points):
+        return str(args.steps) in {r["step"] for r in points}
+
     for arm, seed in runs:
         files = os.path.join(args.out, "runs", f"{arm}-s{seed}")
-        if (arm, seed) in mine and reached_end(mine[arm, seed]):
-            cli.fail(f"--join {other}: {arm} seed {seed} is in --out {args.out} already, with other points - join "
-                     "other arms or seeds")
-        if (arm, seed) in mine and os.path.exists(files + ".run"):
-            cli.fail(f"--join {other}: {arm} seed {seed} is a partial run of --out {args.out} - finish it there with "
-                     f"--resume, or remove {files}.run to have the join replace it")
-        if (arm, seed) in mine:
-            stranded.add((arm, seed))
+        if (arm, seed) in mine:  # only a partial run that --out can never finish is replaced
+            if reached_end(mine[arm, seed]):
+                cli.fail(f"--join {other}: {arm} seed {seed} is in --out {args.out} already, with other points - "
+                         "join other arms or seeds")
+            if os.path.exists(files + ".run"):
+                cli.fail(f"--join {other}: {arm} seed {seed} is a partial run of --out {args.out} - finish it there "
+                         f"with --resume, or remove {files}.run to have the join replace it")
         if not reached_end(theirs[arm, seed]):
             cli.fail(f"--join {other}: {arm} seed {seed} has not reached step {args.steps} - finish it there "
                      "with --resume first")
@@ -240,6 +240,7 @@ def join(args, other: str):
     if not os.path.exists(os.path.join(args.out, "teacher.json")):  # the same teacher on the same held-out data
         shutil.copyfile(os.path.join(other, "teacher.json"), os.path.join(args.out, "teacher.json"))
     args.rates |= {arm: saved["rates"][arm] for arm, _ in runs}
+    stranded = [run for run in runs if run in mine]  # partial runs (a record's, its run files on a lost machine)
     kept = [r for r in rows if (r["arm"], r["seed"]) not in stranded]
     write_rows(os.path.join(args.out, "points.csv"), kept + [r for run in runs for r in theirs[run]])
     for arm, seed in stranded:
