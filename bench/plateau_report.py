@@ -4,9 +4,10 @@ teacher.json, sweep.csv), and the criterion that says whether a run has reached 
 What the report holds: the sweep's final validation losses (when there was a sweep); the end of the budget, mean
 and spread over seeds, with the teacher measured alike as its first row and the plateau criterion per run; the
 comparison at equal fit (each arm's best solution and general-text perplexity against RED's first point that fits
-as well, same seed, and RED's accuracy interpolated to exactly that fit); Table 6's factorial; the latest point of
-each run still under way; and three figures (accuracy against fit along training, eRank over steps, eRank per
-layer). Everything is read from the record, so a record kept in docs/ is reported again without its teacher.
+as well, same seed, and RED's accuracy interpolated to exactly that fit; both again averaged over the arm's last
+three points, each at its own fit); Table 6's factorial; the latest point of each run still under way; and three
+figures (accuracy against fit along training, eRank over steps, eRank per layer). Everything is read from the
+record, so a record kept in docs/ is reported again without its teacher.
 
 Builds on bench/figures.py (matplotlib, optional) and cli.py; bench/plateau.py writes the record and calls report.
 Run as: python bench/plateau.py --report docs/plateau   (and at every stop of a plateau.py run)
@@ -196,6 +197,16 @@ def interpolated_accuracy(points: list[dict], key: str, target: float, args) -> 
     return (1 - w) * hard_accuracy(before, args) + w * hard_accuracy(after, args)
 
 
+def over_last_points(points: list[dict], red: list[dict], key: str, args, last: int = 3) -> tuple[float, float | None]:
+    """A steadier equal-fit reading than one end point: the arm's hard-problem accuracy averaged over its last
+    `last` trained points, and RED's (same seed) interpolated to each of those points' own fit, averaged alike.
+    RED's mean is None when any of the points has no RED reading."""
+    tail = [p for p in points if p["step"] > 0][-last:]
+    theirs = float(np.mean([hard_accuracy(p, args) for p in tail]))
+    red_there = [interpolated_accuracy(red, key, p[key], args) for p in tail]
+    return theirs, None if None in red_there else float(np.mean(red_there))
+
+
 def equal_fit(args, runs) -> list[str]:
     """For each arm and seed, and for each fit (solution and general perplexity): the arm's best fit, its
     hard-problem accuracy there, RED's (same seed) accuracy at the first point where RED fitted as well, and
@@ -206,23 +217,28 @@ def equal_fit(args, runs) -> list[str]:
     lines = []
     for key, what in (("solution_ppl", "solution perplexity"), ("general_ppl", "general-text perplexity")):
         lines += [f"## At equal fit: {what}", "", f"| arm | seed | step | {what} | {hard} | red: step | "
-                  f"red: {what} | red: {hard} | red: {hard}, interpolated |", "|---|---|---|---|---|---|---|---|---|"]
+                  f"red: {what} | red: {hard} | red: {hard}, interpolated | {hard}, last 3 points | "
+                  f"red: {hard}, interpolated, last 3 points |", "|---|---|---|---|---|---|---|---|---|---|---|"]
         for arm, seeds in runs.items():
             for seed, pts in seeds.items():
-                if arm == "red" or seed not in runs["red"]:
+                if arm == "red" or seed not in runs["red"] or pts[-1]["step"] == 0:
                     continue
                 best = min(pts, key=lambda p: p[key])
                 red = at_fit(runs["red"][seed], key, best[key])
                 interpolated = interpolated_accuracy(runs["red"][seed], key, best[key], args)
                 tail = (f"{int(red['step'])} | {red[key]:.3f} | {hard_accuracy(red, args):.2f} | "
                         f"{'' if interpolated is None else f'{interpolated:.2f}'}" if red else "not reached | | |")
+                theirs, red_there = over_last_points(pts, runs["red"][seed], key, args)
                 lines.append(f"| {arm} | {seed} | {int(best['step'])} | {best[key]:.3f} | "
-                             f"{hard_accuracy(best, args):.2f} | {tail} |")
+                             f"{hard_accuracy(best, args):.2f} | {tail} | {theirs:.2f} | "
+                             f"{'' if red_there is None else f'{red_there:.2f}'} |")
         lines.append("")
     return lines + [f"{hard}: mean greedy accuracy on the longest step counts. Each arm's best fit against RED's "
                     "first measured point that fits as well; interpolated: RED's accuracy on the straight line "
                     "between that point and the one before it, at the arm's fit (a reading, not a measurement; "
-                    "none when the one before is the init).", ""]
+                    "none when the one before is the init). Last 3 points: the arm's accuracy averaged over its last "
+                    "three measured points, and RED's interpolated to each of their fits, averaged alike (none when "
+                    "one of them has no reading): steadier than one end point of a run whose accuracy swings.", ""]
 
 
 def factorial(args, finished) -> list[str]:

@@ -20,7 +20,7 @@ import pytest
 import checkpoint as ckpt
 import eval_reasoning as er
 from bench.plateau import next_rate
-from bench.plateau_report import interpolated_accuracy, plateau, under_way, write_rows
+from bench.plateau_report import interpolated_accuracy, over_last_points, plateau, under_way, write_rows
 from load_weights import load_model
 from problems import make_synthetic
 from tokenizer import load_tokenizer
@@ -54,6 +54,23 @@ def test_red_accuracy_interpolated_at_another_arms_fit():
     assert interpolated_accuracy(red, "solution_ppl", 1.2, args) is None  # only a line from the init: no reading
     hard_only = dict(red[1], acc_1=0.9)  # only the three longest step counts count: still 30 %, so (30 + 60) / 2 %
     assert interpolated_accuracy([red[0], hard_only, red[2]], "solution_ppl", 1.030, args) == pytest.approx(0.45)
+
+
+def test_equal_fit_over_the_last_three_points():
+    args = argparse.Namespace(steps_list=[1, 2, 3, 4, 5, 6])
+    point = lambda step, ppl, acc: {"step": step, "solution_ppl": ppl, **{f"acc_{k}": acc for k in range(1, 7)}}  # noqa: E731
+    red = [point(0, 500.0, 0.0), point(900, 1.040, 0.30), point(1800, 1.020, 0.60), point(2700, 1.010, 0.80)]
+    arm = [point(0, 300.0, 0.0), point(1000, 1.050, 0.2), point(2000, 1.035, 0.5), point(3000, 1.030, 0.4),
+           point(4000, 1.020, 0.6)]
+    # the last three: 50, 40, 60 % against RED at 1.035 (37.5 %), 1.030 (45 %) and 1.020 (60 %), each averaged
+    theirs, red_there = over_last_points(arm, red, "solution_ppl", args)
+    assert theirs == pytest.approx(0.5) and red_there == pytest.approx((0.375 + 0.45 + 0.60) / 3)
+    # one of the three fits better than RED ever did: no RED reading, the arm's own mean still stands
+    assert over_last_points(arm[:-1] + [point(4000, 1.005, 0.6)], red, "solution_ppl", args) == (
+        pytest.approx(0.5), None)
+    # fewer than three trained points: those there are; the init never counts
+    assert over_last_points([arm[0], arm[2], arm[3]], red, "solution_ppl", args) == (
+        pytest.approx(0.45), pytest.approx((0.375 + 0.45) / 2))
 
 
 def test_report_lists_the_latest_point_of_each_unfinished_run():
