@@ -259,6 +259,18 @@ def wait_for_checkpoint(proc, run_dir: str, step: int):
         time.sleep(0.02)
 
 
+def wait_for_torch_import(proc):
+    """Until the child has begun its heavy imports: a torch library is mapped into its memory (Linux). A fixed
+    sleep is not enough on a loaded machine, where the interpreter's own start-up (before any code of red
+    runs, so before any handler can be installed) may outlast it."""
+    deadline = time.time() + 60
+    while proc.poll() is None and time.time() < deadline:
+        with open(f"/proc/{proc.pid}/maps") as maps:
+            if f"{os.sep}torch{os.sep}" in maps.read():
+                return
+        time.sleep(0.01)
+
+
 def test_resume_after_kill_or_stop_at_equals_uninterrupted_run(tiny_teacher, corpus, tmp_path):
     teacher_dir = tiny_teacher("llama")
     args = lambda out: small_run(teacher_dir, corpus, out, "--steps", 18, "--ckpt-every", 3, "--eval-every", 7)
@@ -343,9 +355,9 @@ def test_signals_in_every_phase(tiny_teacher, corpus, tmp_path):
     _, err = proc.communicate(timeout=30)
     assert proc.returncode == 130 and err.strip().splitlines()[-1].startswith("error: interrupted"), err[-500:]
     assert "Traceback" not in err and load_model(str(out)).args.dim == 32  # the written student is intact
-    # start-up: one line too
+    # start-up, during the heavy imports: one line too
     proc = start(small_run(teacher_dir, corpus, tmp_path / "early", "--steps", 1))
-    time.sleep(0.3)
+    wait_for_torch_import(proc)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=30)
     assert proc.returncode == 130 and "Traceback" not in err, err[-500:]
