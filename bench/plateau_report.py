@@ -210,7 +210,8 @@ def over_last_points(points: list[dict], red: list[dict], key: str, args, last: 
 def equal_fit(args, runs) -> list[str]:
     """For each arm and seed, and for each fit (solution and general perplexity): the arm's best fit, its
     hard-problem accuracy there, RED's (same seed) accuracy at the first point where RED fitted as well, and
-    RED's accuracy interpolated to exactly that fit."""
+    RED's accuracy interpolated to exactly that fit; then the steadier reading of over_last_points. A run with
+    only its init point has no reading yet."""
     if "red" not in runs:
         return []
     hard = f"acc {hard_steps(args)[0]}-{hard_steps(args)[-1]}"
