@@ -207,6 +207,11 @@ def over_last_points(points: list[dict], red: list[dict], key: str, args, last: 
     return theirs, None if None in red_there else float(np.mean(red_there))
 
 
+def reading(accuracy: float | None) -> str:
+    """An interpolated accuracy as a table cell: empty where there is no reading."""
+    return "" if accuracy is None else f"{accuracy:.2f}"
+
+
 def equal_fit(args, runs) -> list[str]:
     """For each arm and seed, and for each fit (solution and general perplexity): the arm's best fit, its
     hard-problem accuracy there, RED's (same seed) accuracy at the first point where RED fitted as well, and
@@ -224,15 +229,15 @@ def equal_fit(args, runs) -> list[str]:
             for seed, pts in seeds.items():
                 if arm == "red" or seed not in runs["red"] or pts[-1]["step"] == 0:
                     continue
+                red_points = runs["red"][seed]
                 best = min(pts, key=lambda p: p[key])
-                red = at_fit(runs["red"][seed], key, best[key])
-                interpolated = interpolated_accuracy(runs["red"][seed], key, best[key], args)
-                tail = (f"{int(red['step'])} | {red[key]:.3f} | {hard_accuracy(red, args):.2f} | "
-                        f"{'' if interpolated is None else f'{interpolated:.2f}'}" if red else "not reached | | |")
-                theirs, red_there = over_last_points(pts, runs["red"][seed], key, args)
+                red = at_fit(red_points, key, best[key])
+                interpolated = interpolated_accuracy(red_points, key, best[key], args)
+                red_cells = (f"{int(red['step'])} | {red[key]:.3f} | {hard_accuracy(red, args):.2f} | "
+                             f"{reading(interpolated)}" if red else "not reached | | |")
+                theirs, red_there = over_last_points(pts, red_points, key, args)
                 lines.append(f"| {arm} | {seed} | {int(best['step'])} | {best[key]:.3f} | "
-                             f"{hard_accuracy(best, args):.2f} | {tail} | {theirs:.2f} | "
-                             f"{'' if red_there is None else f'{red_there:.2f}'} |")
+                             f"{hard_accuracy(best, args):.2f} | {red_cells} | {theirs:.2f} | {reading(red_there)} |")
         lines.append("")
     return lines + [f"{hard}: mean greedy accuracy on the longest step counts. Each arm's best fit against RED's "
                     "first measured point that fits as well; interpolated: RED's accuracy on the straight line "

@@ -250,25 +250,28 @@ def start(argv) -> subprocess.Popen:
                             stderr=subprocess.PIPE, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
 
 
+def wait_until(proc, ready, timeout: float = 120):
+    """Poll `ready()` until it holds, the child has exited, or `timeout` seconds have passed."""
+    deadline = time.time() + timeout
+    while proc.poll() is None and time.time() < deadline and not ready():
+        time.sleep(0.01)
+
+
 def wait_for_checkpoint(proc, run_dir: str, step: int):
-    deadline = time.time() + 120
-    while proc.poll() is None and time.time() < deadline:
+    def reached():
         latest = ckpt.latest_checkpoint(run_dir)
-        if latest and int(latest.rsplit("-", 1)[1]) >= step:
-            return
-        time.sleep(0.02)
+        return latest is not None and int(latest.rsplit("-", 1)[1]) >= step
+    wait_until(proc, reached)
 
 
 def wait_for_torch_import(proc):
     """Until the child has begun its heavy imports: a torch library is mapped into its memory (Linux). A fixed
     sleep is not enough on a loaded machine, where the interpreter's own start-up (before any code of red
     runs, so before any handler can be installed) may outlast it."""
-    deadline = time.time() + 60
-    while proc.poll() is None and time.time() < deadline:
+    def importing():
         with open(f"/proc/{proc.pid}/maps") as maps:
-            if f"{os.sep}torch{os.sep}" in maps.read():
-                return
-        time.sleep(0.01)
+            return f"{os.sep}torch{os.sep}" in maps.read()
+    wait_until(proc, importing, timeout=60)
 
 
 def test_resume_after_kill_or_stop_at_equals_uninterrupted_run(tiny_teacher, corpus, tmp_path):
@@ -347,9 +350,7 @@ def test_signals_in_every_phase(tiny_teacher, corpus, tmp_path):
     # the summary (after the student is written): Ctrl-C stops it at once, one line, exit 130
     out = tmp_path / "summary"
     proc = start(small_run(teacher_dir, corpus, out, "--steps", 1, "--eval-problems", 5000))
-    deadline = time.time() + 60
-    while not os.path.isdir(out) and time.time() < deadline:
-        time.sleep(0.02)
+    wait_until(proc, lambda: os.path.isdir(out), timeout=60)
     time.sleep(0.5)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=30)

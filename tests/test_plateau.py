@@ -43,10 +43,19 @@ def test_plateau_criterion_on_synthetic_curves():
     assert not plateau([(0, 1.0), (80, 1.0), (100, 1.05)])[0]
 
 
+def fit_point(step: int, ppl: float, acc: float) -> dict:
+    """A measured point with one solution perplexity and the same accuracy at every step count."""
+    return {"step": step, "solution_ppl": ppl, **{f"acc_{k}": acc for k in range(1, 7)}}
+
+
+# RED along training: its init, then three points that fit better and reason better
+RED_CURVE = [fit_point(0, 500.0, 0.0), fit_point(900, 1.040, 0.30), fit_point(1800, 1.020, 0.60),
+             fit_point(2700, 1.010, 0.80)]
+
+
 def test_red_accuracy_interpolated_at_another_arms_fit():
     args = argparse.Namespace(steps_list=[1, 2, 3, 4, 5, 6])
-    point = lambda step, ppl, acc: {"step": step, "solution_ppl": ppl, **{f"acc_{k}": acc for k in range(1, 7)}}  # noqa: E731
-    red = [point(0, 500.0, 0.0), point(900, 1.040, 0.30), point(1800, 1.020, 0.60), point(2700, 1.010, 0.80)]
+    red = RED_CURVE
     # 1.035 lies a quarter of the way from 1.040 (30 %) to 1.020 (60 %): 30 + 0.25 * 30 = 37.5 %
     assert interpolated_accuracy(red, "solution_ppl", 1.035, args) == pytest.approx(0.375)
     assert interpolated_accuracy(red, "solution_ppl", 1.020, args) == pytest.approx(0.60)  # a measured fit: its point
@@ -58,15 +67,14 @@ def test_red_accuracy_interpolated_at_another_arms_fit():
 
 def test_equal_fit_over_the_last_three_points():
     args = argparse.Namespace(steps_list=[1, 2, 3, 4, 5, 6])
-    point = lambda step, ppl, acc: {"step": step, "solution_ppl": ppl, **{f"acc_{k}": acc for k in range(1, 7)}}  # noqa: E731
-    red = [point(0, 500.0, 0.0), point(900, 1.040, 0.30), point(1800, 1.020, 0.60), point(2700, 1.010, 0.80)]
-    arm = [point(0, 300.0, 0.0), point(1000, 1.050, 0.2), point(2000, 1.035, 0.5), point(3000, 1.030, 0.4),
-           point(4000, 1.020, 0.6)]
+    red = RED_CURVE
+    arm = [fit_point(0, 300.0, 0.0), fit_point(1000, 1.050, 0.2), fit_point(2000, 1.035, 0.5),
+           fit_point(3000, 1.030, 0.4), fit_point(4000, 1.020, 0.6)]
     # the last three: 50, 40, 60 % against RED at 1.035 (37.5 %), 1.030 (45 %) and 1.020 (60 %), each averaged
     theirs, red_there = over_last_points(arm, red, "solution_ppl", args)
     assert theirs == pytest.approx(0.5) and red_there == pytest.approx((0.375 + 0.45 + 0.60) / 3)
     # one of the three fits better than RED ever did: no RED reading, the arm's own mean still stands
-    assert over_last_points(arm[:-1] + [point(4000, 1.005, 0.6)], red, "solution_ppl", args) == (
+    assert over_last_points(arm[:-1] + [fit_point(4000, 1.005, 0.6)], red, "solution_ppl", args) == (
         pytest.approx(0.5), None)
     # fewer than three trained points: those there are; the init never counts
     assert over_last_points([arm[0], arm[2], arm[3]], red, "solution_ppl", args) == (
