@@ -212,39 +212,65 @@ def reading(accuracy: float | None) -> str:
     return "" if accuracy is None else f"{accuracy:.2f}"
 
 
+def fit_readings(points: list[dict], red: list[dict], key: str, args) -> tuple[dict, float | None, float, float | None]:
+    """One run against RED (same seed) at one fit: its best-fitting point, RED's accuracy interpolated to that
+    point's fit, and over_last_points' two means."""
+    best = min(points, key=lambda p: p[key])
+    return best, interpolated_accuracy(red, key, best[key], args), *over_last_points(points, red, key, args)
+
+
+def gap_cells(pairs: list[tuple[float, float | None]]) -> str:
+    """(arm, RED there) accuracies over seeds as two table cells: the arm's lead in points (each side rounded to the
+    whole percent the tables show), mean ± sd over the runs with a RED reading, and how many of them are
+    ahead / level / behind."""
+    gaps = [round(100 * theirs) - round(100 * red) for theirs, red in pairs if red is not None]
+    if not gaps:
+        return " | "
+    lead = round(np.mean(gaps))
+    mean = (f"{lead:+d}" if lead else "0") + (f" ± {np.std(gaps, ddof=1):.0f}" if len(gaps) > 1 else "")
+    return f"{mean} | {sum(g > 0 for g in gaps)} / {gaps.count(0)} / {sum(g < 0 for g in gaps)}"
+
+
 def equal_fit(args, runs) -> list[str]:
     """For each arm and seed, and for each fit (solution and general perplexity): the arm's best fit, its
     hard-problem accuracy there, RED's (same seed) accuracy at the first point where RED fitted as well, and
-    RED's accuracy interpolated to exactly that fit; then the steadier reading of over_last_points. A run with
-    only its init point has no reading yet."""
+    RED's accuracy interpolated to exactly that fit; then the steadier reading of over_last_points; then both
+    readings over seeds (gap_cells). A run with only its init point has no reading yet."""
     if "red" not in runs:
         return []
     hard = f"acc {hard_steps(args)[0]}-{hard_steps(args)[-1]}"
-    lines = []
+    lines, summary = [], []
     for key, what in (("solution_ppl", "solution perplexity"), ("general_ppl", "general-text perplexity")):
         lines += [f"## At equal fit: {what}", "", f"| arm | seed | step | {what} | {hard} | red: step | "
                   f"red: {what} | red: {hard} | red: {hard}, interpolated | {hard}, last 3 points | "
                   f"red: {hard}, interpolated, last 3 points |", "|---|---|---|---|---|---|---|---|---|---|---|"]
         for arm, seeds in runs.items():
+            ends, tails = [], []
             for seed, pts in seeds.items():
                 if arm == "red" or seed not in runs["red"] or pts[-1]["step"] == 0:
                     continue
-                red_points = runs["red"][seed]
-                best = min(pts, key=lambda p: p[key])
-                red = at_fit(red_points, key, best[key])
-                interpolated = interpolated_accuracy(red_points, key, best[key], args)
+                best, interpolated, theirs, red_there = fit_readings(pts, runs["red"][seed], key, args)
+                red = at_fit(runs["red"][seed], key, best[key])
                 red_cells = (f"{int(red['step'])} | {red[key]:.3f} | {hard_accuracy(red, args):.2f} | "
                              f"{reading(interpolated)}" if red else "not reached | | |")
-                theirs, red_there = over_last_points(pts, red_points, key, args)
                 lines.append(f"| {arm} | {seed} | {int(best['step'])} | {best[key]:.3f} | "
                              f"{hard_accuracy(best, args):.2f} | {red_cells} | {theirs:.2f} | {reading(red_there)} |")
+                ends.append((hard_accuracy(best, args), interpolated))
+                tails.append((theirs, red_there))
+            if ends:
+                summary.append(f"| {arm} | {what} | {len(ends)} | {gap_cells(ends)} | {gap_cells(tails)} |")
         lines.append("")
+    lines += ["## At equal fit, over seeds: the arm's lead over RED there", "",
+              *table_head(["arm", "fit", "runs", "lead, points", "ahead / level / behind",
+                           "lead, points, last 3 points", "ahead / level / behind, last 3 points"]), *summary, ""]
     return lines + [f"{hard}: mean greedy accuracy on the longest step counts. Each arm's best fit against RED's "
                     "first measured point that fits as well; interpolated: RED's accuracy on the straight line "
                     "between that point and the one before it, at the arm's fit (a reading, not a measurement; "
                     "none when the one before is the init). Last 3 points: the arm's accuracy averaged over its last "
                     "three measured points, and RED's interpolated to each of their fits, averaged alike (none when "
-                    "one of them has no reading): steadier than one end point of a run whose accuracy swings.", ""]
+                    "one of them has no reading): steadier than one end point of a run whose accuracy swings. Lead: "
+                    "the arm's accuracy minus RED's there, in points of the rounded percentages of the tables above, "
+                    "mean ± sd over the runs with a RED reading, which the counts add up to.", ""]
 
 
 def factorial(args, finished) -> list[str]:

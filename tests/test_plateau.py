@@ -20,7 +20,8 @@ import pytest
 import checkpoint as ckpt
 import eval_reasoning as er
 from bench.plateau import next_rate
-from bench.plateau_report import interpolated_accuracy, over_last_points, plateau, under_way, write_rows
+from bench.plateau_report import (equal_fit, gap_cells, interpolated_accuracy, over_last_points, plateau, under_way,
+                                  write_rows)
 from load_weights import load_model
 from problems import make_synthetic
 from tokenizer import load_tokenizer
@@ -79,6 +80,27 @@ def test_equal_fit_over_the_last_three_points():
     # fewer than three trained points: those there are; the init never counts
     assert over_last_points([arm[0], arm[2], arm[3]], red, "solution_ppl", args) == (
         pytest.approx(0.45), pytest.approx((0.375 + 0.45) / 2))
+
+
+def test_lead_over_red_over_seeds():
+    # each side rounded to the whole percent first: 57 - 59 = -2, 61 - 47 = +14, 56 - 54 = +2; a run without a
+    # RED reading counts nowhere; mean +4.7, sd 8.3
+    assert gap_cells([(0.571, 0.589), (0.61, 0.47), (0.556, 0.544), (0.5, None)]) == "+5 ± 8 | 2 / 0 / 1"
+    assert gap_cells([(0.504, 0.496)]) == "0 | 0 / 1 / 0"  # 50 against 50: level, and one run has no sd
+    assert gap_cells([(0.5, None)]) == " | "
+    # through the report: seed 0 ends at 1.015 with 50 % where RED had 70 % (-20); its last three points, 30, 40 and
+    # 50 % at 1.030, 1.020 and 1.015, against RED's 45, 60 and 70 % (40 against 58: -18); seed 1 fits no better
+    # than RED's first trained point, so it has no reading at all
+    args = argparse.Namespace(steps_list=[1, 2, 3, 4, 5, 6])
+    with_text = lambda points: [dict(p, general_ppl=20 * p["solution_ppl"]) for p in points]  # noqa: E731
+    runs = {"red": {0: with_text(RED_CURVE), 1: with_text(RED_CURVE)},
+            "lrc": {0: with_text([fit_point(0, 300.0, 0.0), fit_point(1000, 1.030, 0.3), fit_point(2000, 1.020, 0.4),
+                                  fit_point(3000, 1.015, 0.5)]),
+                    1: with_text([fit_point(0, 300.0, 0.0), fit_point(3000, 1.050, 0.2)])}}
+    lines = equal_fit(args, runs)
+    summary = lines.index("## At equal fit, over seeds: the arm's lead over RED there")
+    assert lines[summary + 4:summary + 6] == [f"| lrc | {fit} | 2 | -20 | 0 / 0 / 1 | -18 | 0 / 0 / 1 |"
+                                             for fit in ("solution perplexity", "general-text perplexity")]
 
 
 def test_report_lists_the_latest_point_of_each_unfinished_run():
