@@ -16,6 +16,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -57,23 +58,35 @@ def test_plot_runs_reads_a_distill_run(teacher, tmp_path):
 
 def test_clone_loss_lr_runs_its_grid_from_one_init(teacher, tmp_path):
     out = tmp_path / "grid"
-    flags = ["bench/clone_loss_lr.py", "--teacher", teacher, "--width", 32, "--lrs", 1e-3, "--clone-losses", "mse",
-             "relative", "--steps", 3, "--batch-size", 2, "--seq-len", 32, "--data", "problems:200", "--out", out]
+    common = ["bench/clone_loss_lr.py", "--teacher", teacher, "--width", 32, "--lrs", 1e-3, "--steps", 3,
+              "--batch-size", 2, "--seq-len", 32, "--data", "problems:200", "--out", out]
+    flags = [*common, "--clone-losses", "mse", "relative"]
     result = run(*flags)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     with open(out / "results.csv") as f:
         rows = {r["clone_loss"]: r for r in csv.DictReader(f)}
-    inits = [f for f in os.listdir(out / "inits") if f.endswith(".safetensors")]
+    made = lambda: [f for f in os.listdir(out / "inits") if f.endswith(".safetensors")]  # noqa: E731
+    inits = made()
     assert set(rows) == {"mse", "relative"} and inits == ["select-s0.safetensors"]  # one init for every run
     for kind, r in rows.items():  # the start scales are the logged terms of the run's first steps
-        logged = [json.loads(line) for line in open(out / f"lr0.001-{kind}.run" / "metrics.jsonl")]
+        logged = [json.loads(line) for line in open(out / f"lr0.001-{kind}-s0.run" / "metrics.jsonl")]
         steps = [x for x in logged if "loss" in x]
         assert float(r["start_mlp_out"]) == pytest.approx(sum(x["mlp_out"] for x in steps) / 3)
         assert float(r["step0_erank"]) == pytest.approx(logged[0]["erank"])
     assert float(rows["relative"]["start_q"]) != pytest.approx(float(rows["mse"]["start_q"]))
     assert (out / "results.md").read_text().count("\n| 0.001 |") == 2
     again = run(*flags, "--resume")  # nothing left to run: the table is rewritten from results.csv
-    assert again.returncode == 0 and "done in" not in again.stdout
+    assert again.returncode == 0 and "done in" not in again.stdout and "over seeds" not in again.stdout
+    # a second seed of one cell, added later: only that run trains, on other windows from the same init file
+    more = run(*common, "--clone-losses", "mse", "--seeds", 0, 1, "--resume")
+    assert more.returncode == 0 and more.stdout.count("done in") == 1, more.stdout[-2000:] + more.stderr[-2000:]
+    with open(out / "results.csv") as f:
+        mse = [r for r in csv.DictReader(f) if r["clone_loss"] == "mse"]
+    assert [r["seed"] for r in mse] == ["0", "1"] and mse[0]["end_ppl"] != mse[1]["end_ppl"]
+    assert made() == inits
+    ppl = [float(r["end_ppl"]) for r in mse]
+    cell = f"| 0.001 | mse | 2 | {np.mean(ppl):.2f} ± {np.std(ppl, ddof=1):.2f} |"
+    assert cell in (out / "results.md").read_text()
 
 
 def test_proxy_theory_runs_three_inits(teacher, tmp_path):
