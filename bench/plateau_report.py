@@ -219,23 +219,25 @@ def fit_readings(points: list[dict], red: list[dict], key: str, args) -> tuple[d
     return best, interpolated_accuracy(red, key, best[key], args), *over_last_points(points, red, key, args)
 
 
-def gap_cells(pairs: list[tuple[float, float | None]]) -> str:
+def lead_cells(pairs: list[tuple[float, float | None]]) -> str:
     """(arm, RED there) accuracies over seeds as two table cells: the arm's lead in points (each side rounded to the
     whole percent the tables show), mean ± sd over the runs with a RED reading, and how many of them are
     ahead / level / behind."""
-    gaps = [round(100 * theirs) - round(100 * red) for theirs, red in pairs if red is not None]
-    if not gaps:
+    leads = [round(100 * theirs) - round(100 * red) for theirs, red in pairs if red is not None]
+    if not leads:
         return " | "
-    lead = round(np.mean(gaps))
-    mean = (f"{lead:+d}" if lead else "0") + (f" ± {np.std(gaps, ddof=1):.0f}" if len(gaps) > 1 else "")
-    return f"{mean} | {sum(g > 0 for g in gaps)} / {gaps.count(0)} / {sum(g < 0 for g in gaps)}"
+    mean = round(np.mean(leads))
+    mean_cell = f"{mean:+d}" if mean else "0"
+    spread = f" ± {np.std(leads, ddof=1):.0f}" if len(leads) > 1 else ""
+    counts = f"{sum(x > 0 for x in leads)} / {leads.count(0)} / {sum(x < 0 for x in leads)}"
+    return f"{mean_cell}{spread} | {counts}"
 
 
 def equal_fit(args, runs) -> list[str]:
     """For each arm and seed, and for each fit (solution and general perplexity): the arm's best fit, its
     hard-problem accuracy there, RED's (same seed) accuracy at the first point where RED fitted as well, and
     RED's accuracy interpolated to exactly that fit; then the steadier reading of over_last_points; then both
-    readings over seeds (gap_cells). A run with only its init point has no reading yet."""
+    readings over seeds (lead_cells). A run with only its init point has no reading yet."""
     if "red" not in runs:
         return []
     hard = f"acc {hard_steps(args)[0]}-{hard_steps(args)[-1]}"
@@ -245,20 +247,21 @@ def equal_fit(args, runs) -> list[str]:
                   f"red: {what} | red: {hard} | red: {hard}, interpolated | {hard}, last 3 points | "
                   f"red: {hard}, interpolated, last 3 points |", "|---|---|---|---|---|---|---|---|---|---|---|"]
         for arm, seeds in runs.items():
-            ends, tails = [], []
+            at_end, over_last = [], []  # (arm, RED there) accuracies per seed, for lead_cells
             for seed, pts in seeds.items():
                 if arm == "red" or seed not in runs["red"] or pts[-1]["step"] == 0:
                     continue
                 best, interpolated, theirs, red_there = fit_readings(pts, runs["red"][seed], key, args)
+                accuracy = hard_accuracy(best, args)
                 red = at_fit(runs["red"][seed], key, best[key])
                 red_cells = (f"{int(red['step'])} | {red[key]:.3f} | {hard_accuracy(red, args):.2f} | "
                              f"{reading(interpolated)}" if red else "not reached | | |")
-                lines.append(f"| {arm} | {seed} | {int(best['step'])} | {best[key]:.3f} | "
-                             f"{hard_accuracy(best, args):.2f} | {red_cells} | {theirs:.2f} | {reading(red_there)} |")
-                ends.append((hard_accuracy(best, args), interpolated))
-                tails.append((theirs, red_there))
-            if ends:
-                summary.append(f"| {arm} | {what} | {len(ends)} | {gap_cells(ends)} | {gap_cells(tails)} |")
+                lines.append(f"| {arm} | {seed} | {int(best['step'])} | {best[key]:.3f} | {accuracy:.2f} | "
+                             f"{red_cells} | {theirs:.2f} | {reading(red_there)} |")
+                at_end.append((accuracy, interpolated))
+                over_last.append((theirs, red_there))
+            if at_end:
+                summary.append(f"| {arm} | {what} | {len(at_end)} | {lead_cells(at_end)} | {lead_cells(over_last)} |")
         lines.append("")
     lines += ["## At equal fit, over seeds: the arm's lead over RED there", "",
               *table_head(["arm", "fit", "runs", "lead, points", "ahead / level / behind",

@@ -20,7 +20,7 @@ import pytest
 import checkpoint as ckpt
 import eval_reasoning as er
 from bench.plateau import next_rate
-from bench.plateau_report import (equal_fit, gap_cells, interpolated_accuracy, over_last_points, plateau, under_way,
+from bench.plateau_report import (equal_fit, lead_cells, interpolated_accuracy, over_last_points, plateau, under_way,
                                   write_rows)
 from load_weights import load_model
 from problems import make_synthetic
@@ -85,9 +85,9 @@ def test_equal_fit_over_the_last_three_points():
 def test_lead_over_red_over_seeds():
     # each side rounded to the whole percent first: 57 - 59 = -2, 61 - 47 = +14, 56 - 54 = +2; a run without a
     # RED reading counts nowhere; mean +4.7, sd 8.3
-    assert gap_cells([(0.571, 0.589), (0.61, 0.47), (0.556, 0.544), (0.5, None)]) == "+5 ± 8 | 2 / 0 / 1"
-    assert gap_cells([(0.504, 0.496)]) == "0 | 0 / 1 / 0"  # 50 against 50: level, and one run has no sd
-    assert gap_cells([(0.5, None)]) == " | "
+    assert lead_cells([(0.571, 0.589), (0.61, 0.47), (0.556, 0.544), (0.5, None)]) == "+5 ± 8 | 2 / 0 / 1"
+    assert lead_cells([(0.504, 0.496)]) == "0 | 0 / 1 / 0"  # 50 against 50: level, and one run has no sd
+    assert lead_cells([(0.5, None)]) == " | "
     # through the report: seed 0 ends at 1.015 with 50 % where RED had 70 % (-20); its last three points, 30, 40 and
     # 50 % at 1.030, 1.020 and 1.015, against RED's 45, 60 and 70 % (40 against 58: -18); seed 1 fits no better
     # than RED's first trained point, so it has no reading at all
