@@ -14,7 +14,7 @@ last number in the text, compared as an exact fraction. Accuracy comes with a 95
 
 `--ppl SOURCE` reports text perplexity through erank.measure_model, red's one measurement (windows packed by
 data.py). `solution_perplexity` is a different quantity under its own name: the loss on worked solutions given
-their questions, what a model trained on solutions only (bench/reasoning_teacher.py) is judged by.
+their questions, what a model trained on solutions only (experiments/reasoning_teacher.py) is judged by.
 `--make-synthetic N --ops K` writes a seeded set of problems.py's K-step problems, so a reasoning benchmark
 (and a train split for few-shot exemplars, with another seed) exists offline.
 
@@ -217,7 +217,7 @@ def evaluate(model, tokenizer, items: list[dict], *, shots: int = 0, fewshot_ite
     tokens_per_s, predictions); predictions[i] is item i's prompt, gold, generation, extracted, correct,
     tokens (the generated ids, eos excluded)."""
     exemplars = select_exemplars(items, fewshot_items, shots, chat)
-    # items from read_items carry "gold"; in-memory items (bench/red_vs_lrc.py) are parsed here
+    # items from read_items carry "gold"; in-memory items (experiments/red_vs_lrc.py) are parsed here
     golds = [it["gold"] if "gold" in it else gold_answer(it["answer"]) for it in items]
     if any(g is None for g in golds):
         raise EvalError("an item has no numeric gold answer - answers must end in '#### <number>'")

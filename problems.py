@@ -4,7 +4,7 @@ A reasoning benchmark that exists offline: every problem is a start fact plus `s
 count (+, -, x, /), with a worked solution that writes each step's arithmetic out and ends in "#### answer",
 as GSM8K's solutions do (Cobbe et al. 2021, arXiv 2110.14168). The same seed gives the same problems on every
 machine. eval_reasoning.py measures accuracy on them, data.py trains on them (`--data problems:N`), and
-bench/reasoning_teacher.py trains a teacher that solves them.
+experiments/reasoning_teacher.py trains a teacher that solves them.
 
 `qa_text` is the one document format of a question/answer pair, "Question: q\nAnswer: a": data.py packs
 GSM8K-style JSONL with it and eval_reasoning.py prompts with the same frame.

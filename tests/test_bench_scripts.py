@@ -1,11 +1,11 @@
-"""The scripts under bench/ end to end on a tiny teacher: importance.py (selection overlaps and step-0
+"""The scripts under bench/ and experiments/ end to end on a tiny teacher: importance.py (selection overlaps and step-0
 students), plot_runs.py (eRank and projection spectra over a real distill.py run) and proxy_theory.py (the
 autoencoder from three inits), each printing its table and, with matplotlib, writing its picture; and
 bench_gpu.py's sweep and checks on a tiny model on the CPU; paper_shapes.py's released 3B configurations
 through distill.py and back through transformers; clone_loss_lr.py's grid, its table read from the runs.
 
-Builds on bench/importance.py, bench/plot_runs.py, bench/proxy_theory.py, bench/bench_gpu.py,
-bench/paper_shapes.py, bench/clone_loss_lr.py and distill.py,
+Builds on experiments/importance.py, experiments/plot_runs.py, experiments/proxy_theory.py, bench/bench_gpu.py,
+bench/paper_shapes.py, experiments/clone_loss_lr.py and distill.py,
 with conftest.py's tiny teacher.
 Run as: pytest tests/test_bench_scripts.py -q
 """
@@ -36,7 +36,7 @@ def teacher(tmp_path_factory):
 
 
 def test_importance_reports_overlaps_and_step0_students(teacher):
-    result = run("bench/importance.py", "--teacher", teacher, "--width", 32, "--data", "problems:300", "--seq-len",
+    result = run("experiments/importance.py", "--teacher", teacher, "--width", 32, "--data", "problems:300", "--seq-len",
                  32, "--n-calib", 4, "--held-out", 2)
     assert result.returncode == 0, result.stderr[-2000:]
     rows = [line for line in result.stdout.splitlines() if line.startswith("| ")]
@@ -49,7 +49,7 @@ def test_plot_runs_reads_a_distill_run(teacher, tmp_path):
     done = run("distill.py", "--teacher", teacher, "--width", 32, "--data", "problems:300", "--seq-len", 32,
                "--batch-size", 4, "--n-calib", 4, "--steps", 4, "--eval-every", 2, "--eval-problems", 0, "--out", out)
     assert done.returncode == 0, done.stderr[-2000:]
-    result = run("bench/plot_runs.py", str(out) + ".run", "--out", tmp_path / "runs.png")
+    result = run("experiments/plot_runs.py", str(out) + ".run", "--out", tmp_path / "runs.png")
     table = [line.split() for line in result.stdout.splitlines() if line.startswith("s ")]
     assert [int(r[1]) for r in table] == [0, 2, 4]  # step 0 and every validation
     assert float(table[0][3]) == 1.0 and float(table[0][4]) == pytest.approx(1.0)  # selection: an even spectrum
@@ -58,7 +58,7 @@ def test_plot_runs_reads_a_distill_run(teacher, tmp_path):
 
 def test_clone_loss_lr_runs_its_grid_from_one_init(teacher, tmp_path):
     out = tmp_path / "grid"
-    common = ["bench/clone_loss_lr.py", "--teacher", teacher, "--width", 32, "--lrs", 1e-3, "--steps", 3,
+    common = ["experiments/clone_loss_lr.py", "--teacher", teacher, "--width", 32, "--lrs", 1e-3, "--steps", 3,
               "--batch-size", 2, "--seq-len", 32, "--data", "problems:200", "--out", out]
     flags = [*common, "--clone-losses", "mse", "relative"]
     result = run(*flags)
@@ -90,7 +90,7 @@ def test_clone_loss_lr_runs_its_grid_from_one_init(teacher, tmp_path):
 
 
 def test_proxy_theory_runs_three_inits(teacher, tmp_path):
-    result = run("bench/proxy_theory.py", "--teacher", teacher, "--data", "problems:300", "--rows", 400,
+    result = run("experiments/proxy_theory.py", "--teacher", teacher, "--data", "problems:300", "--rows", 400,
                  "--width", 16, "--steps", 60, "--seq-len", 64, "--out", tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
     table = (tmp_path / "proxy.md").read_text().splitlines()
@@ -126,8 +126,8 @@ def test_paper_shapes_distil_resume_and_load_in_transformers():
 
 def test_error_kinds_tells_an_overrun_from_a_wrong_step(teacher):
     sys.path.insert(0, ROOT)
-    from bench.error_kinds import overran
-    from bench.red_vs_lrc import accuracy_problems
+    from experiments.error_kinds import overran
+    from experiments.red_vs_lrc import accuracy_problems
     import eval_reasoning as er
     from load_weights import load_model
     from tokenizer import load_tokenizer
@@ -138,7 +138,7 @@ def test_error_kinds_tells_an_overrun_from_a_wrong_step(teacher):
     assert not overran(chain.replace(f"= {gold}.", "= 98.") + "\nStep 3: so 98 + 1 = 99.", 2, gold)  # step 2 wrong
     assert not overran(chain + "\nStep 3:", 3, gold)  # a 3-step problem: the right number came a step early
 
-    result = run("bench/error_kinds.py", "--tokenizer", teacher, teacher, "--steps-list", 1, 2, "--eval-per-step", 3,
+    result = run("experiments/error_kinds.py", "--tokenizer", teacher, teacher, "--steps-list", 1, 2, "--eval-per-step", 3,
                  "--max-new-tokens", 8)
     assert result.returncode == 0, result.stderr[-2000:]
     row = [line for line in result.stdout.splitlines() if line.startswith(f"| {teacher}")][0]
@@ -149,6 +149,6 @@ def test_error_kinds_tells_an_overrun_from_a_wrong_step(teacher):
         res = er.evaluate(model, tok, accuracy_problems(3, [k])[k], max_new_tokens=8 + 24 * k)
         assert float(acc) == pytest.approx(res["accuracy"], abs=0.005) and int(over) + int(other) == 3 - round(
             res["accuracy"] * 3)
-    missing = run("bench/error_kinds.py", "--tokenizer", teacher, teacher + "-nowhere")
+    missing = run("experiments/error_kinds.py", "--tokenizer", teacher, teacher + "-nowhere")
     assert missing.returncode == 2 and "no such model directory" in missing.stderr
     assert len(missing.stderr.strip().splitlines()) == 1

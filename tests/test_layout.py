@@ -12,7 +12,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 TOP = sorted(ROOT.glob("*.py"))
 PROJECT = {p.stem for p in TOP}
-EVERY_PY = TOP + sorted(ROOT.glob("bench/*.py")) + sorted(ROOT.glob("scripts/*.py")) + sorted(ROOT.glob("tests/*.py"))
+EVERY_PY = (TOP + sorted(ROOT.glob("bench/*.py")) + sorted(ROOT.glob("experiments/*.py"))
+    + sorted(ROOT.glob("scripts/*.py")) + sorted(ROOT.glob("tests/*.py")))
 # design notes that lived outside the repository while red was built; the why is in docs/METHOD.md now
 UNAVAILABLE = re.compile(r"\bSPEC\s+§|\bthe\s+digest\b|\bshared[/]")
 REFERENCE = re.compile(r"METHOD(?:\.md)?((?:,? (?:and )?§\d+(?:\.\d+)*)+)")

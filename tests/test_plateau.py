@@ -1,8 +1,8 @@
-"""bench/plateau.py: the plateau criterion on synthetic loss curves, and the harness end to end on a tiny
+"""experiments/plateau.py: the plateau criterion on synthetic loss curves, and the harness end to end on a tiny
 teacher: sweep, then (a second command, --resume) segmented long runs whose measured points equal a direct
 measurement of the students they wrote, what --resume refuses.
 
-Builds on bench/plateau.py (and through it distill.py --stop-at, bench/red_vs_lrc.py), with conftest.py's
+Builds on experiments/plateau.py (and through it distill.py --stop-at, experiments/red_vs_lrc.py), with conftest.py's
 tiny teacher.
 Run as: pytest tests/test_plateau.py -q
 """
@@ -19,8 +19,8 @@ import pytest
 
 import checkpoint as ckpt
 import eval_reasoning as er
-from bench.plateau import next_rate
-from bench.plateau_report import (equal_fit, lead_cells, interpolated_accuracy, over_last_points, plateau, under_way,
+from experiments.plateau import next_rate
+from experiments.plateau_report import (equal_fit, lead_cells, interpolated_accuracy, over_last_points, plateau, under_way,
                                   write_rows)
 from load_weights import load_model
 from problems import make_synthetic
@@ -129,7 +129,7 @@ def test_sweep_extends_its_grid_while_the_best_rate_is_at_an_edge():
 
 
 def run_plateau(*flags, check=True):
-    result = subprocess.run([sys.executable, "bench/plateau.py", *map(str, flags)], cwd=ROOT, capture_output=True,
+    result = subprocess.run([sys.executable, "experiments/plateau.py", *map(str, flags)], cwd=ROOT, capture_output=True,
                             text=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
     if check:
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -165,9 +165,9 @@ def test_sweep_then_segmented_runs_measured_as_written(tmp_path):
     assert again.returncode == 2 and "--resume" in again.stderr and len(again.stderr.strip().splitlines()) == 1
     changed = run_plateau(*common[:-2], "--steps", 6, "--points", 2, "--out", out, "--resume", check=False)
     assert changed.returncode == 2 and "steps" in changed.stderr
-    held = ckpt.lock(str(out))  # as a running bench/plateau.py holds it
+    held = ckpt.lock(str(out))  # as a running experiments/plateau.py holds it
     busy = run_plateau(*common, "--resume", check=False)
-    assert busy.returncode == 2 and "another bench/plateau.py" in busy.stderr, busy.stderr
+    assert busy.returncode == 2 and "another experiments/plateau.py" in busy.stderr, busy.stderr
     held.close()
 
     result = run_plateau(*common, "--resume")

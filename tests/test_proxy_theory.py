@@ -1,9 +1,9 @@
-"""bench/proxy_theory.py: the linear autoencoder's gradient is the true gradient of its loss, gradient descent
+"""experiments/proxy_theory.py: the linear autoencoder's gradient is the true gradient of its loss, gradient descent
 with a small step keeps Q^T Q - O O^T (the conserved quantity of gradient flow) nearly fixed, and the check
 fails, as it must, when the update is made unbalanced on purpose; the selection init starts with every singular
 value of Q O equal to 1.
 
-Builds on bench/proxy_theory.py (and init_select.py's selection matrix).
+Builds on experiments/proxy_theory.py (and init_select.py's selection matrix).
 Run as: pytest tests/test_proxy_theory.py -q
 """
 import importlib
@@ -17,7 +17,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 @pytest.fixture
 def proxy(monkeypatch):
-    monkeypatch.syspath_prepend(os.path.join(ROOT, "bench"))
+    monkeypatch.syspath_prepend(os.path.join(ROOT, "experiments"))
     return importlib.import_module("proxy_theory")
 
 

@@ -34,8 +34,8 @@ def test_flags_in_readme_exist():
     sources = {"distill.py": ["run_config.py", "init_select.py"], "init_select.py": ["init_select.py"],
                "erank.py": ["erank.py"], "eval_reasoning.py": ["eval_reasoning.py"], "data.py": ["data.py"],
                "student.py": ["student.py"], "scripts/generate.py": ["scripts/generate.py"],
-               "bench/plateau.py": ["bench/plateau.py"], "bench/reasoning_teacher.py": ["bench/reasoning_teacher.py"],
-               "bench/error_kinds.py": ["bench/error_kinds.py"]}
+               "experiments/plateau.py": ["experiments/plateau.py"], "experiments/reasoning_teacher.py": ["experiments/reasoning_teacher.py"],
+               "experiments/error_kinds.py": ["experiments/error_kinds.py"]}
     text = "\n".join([README, *DOCS.values()])
     checked = 0
     for tool, files in sources.items():
@@ -48,7 +48,7 @@ def test_flags_in_readme_exist():
 
 
 def test_pictures_and_scripts_the_readme_names_exist():
-    named = set(re.findall(r"\b((?:docs|bench|scripts)/[\w./-]+\.(?:png|py|md|csv|json))", README))
+    named = set(re.findall(r"\b((?:docs|bench|experiments|scripts)/[\w./-]+\.(?:png|py|md|csv|json))", README))
     assert len(named) >= 10
     for path in named:
         assert (ROOT / path).is_file(), f"README names {path}, which is not in the repository"

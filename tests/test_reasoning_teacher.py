@@ -1,8 +1,8 @@
-"""bench/reasoning_teacher.py end to end on a tiny recipe: the teacher it writes loads in transformers with the
+"""experiments/reasoning_teacher.py end to end on a tiny recipe: the teacher it writes loads in transformers with the
 same logits as ours, and a run split by --stop-at and continued by --resume writes the same bytes as one
 unsplit run; what --resume refuses, in one line.
 
-Builds on bench/reasoning_teacher.py (and through it checkpoint.py, model.py, load_weights.py), with
+Builds on experiments/reasoning_teacher.py (and through it checkpoint.py, model.py, load_weights.py), with
 transformers as the reference.
 Run as: pytest tests/test_reasoning_teacher.py -q
 """
@@ -22,7 +22,7 @@ TINY = ["--dim", 32, "--layers", 1, "--heads", 2, "--kv-heads", 1, "--ffn", 64, 
 
 
 def train(out, *flags):
-    return subprocess.run([sys.executable, "bench/reasoning_teacher.py", "--out", str(out), *map(str, TINY),
+    return subprocess.run([sys.executable, "experiments/reasoning_teacher.py", "--out", str(out), *map(str, TINY),
                            *map(str, flags)], cwd=ROOT, capture_output=True, text=True)
 
 

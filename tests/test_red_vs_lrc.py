@@ -1,8 +1,8 @@
-"""bench/red_vs_lrc.py end to end on a tiny teacher: every run and stage is measured and written, the
+"""experiments/red_vs_lrc.py end to end on a tiny teacher: every run and stage is measured and written, the
 per-layer table has every layer, equal inits give equal step-0 students, and the numbers in results.csv are
 the ones a direct measurement of the written checkpoints gives.
 
-Builds on bench/red_vs_lrc.py (and through it distill.py, erank.py, eval_reasoning.py), with conftest.py's
+Builds on experiments/red_vs_lrc.py (and through it distill.py, erank.py, eval_reasoning.py), with conftest.py's
 tiny teacher.
 Run as: pytest tests/test_red_vs_lrc.py -q
 """
@@ -31,7 +31,7 @@ def experiment(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("rvl")
     teacher = make_tiny_teacher(tmp / "teacher")
     out = tmp / "rvl"
-    cmd = [sys.executable, "bench/red_vs_lrc.py", "--teacher", teacher, "--width", "32", "--runs", *RUNS,
+    cmd = [sys.executable, "experiments/red_vs_lrc.py", "--teacher", teacher, "--width", "32", "--runs", *RUNS,
            "--steps", "3", "--batch-size", "2", "--seq-len", "32", "--corpus-per-step", "10", "--steps-list", "1", "2",
            "--eval-per-step", "3", "--max-new-tokens", "8", "--windows", "16", "--out", str(out)]
     result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
@@ -81,7 +81,7 @@ def test_the_same_init_gives_the_same_step_0_student(experiment):
 def test_recorded_numbers_match_a_direct_measurement(experiment, monkeypatch):
     """Reload the red student the run wrote and measure it again with erank.py and eval_reasoning.py."""
     out, teacher, _ = experiment
-    monkeypatch.syspath_prepend(os.path.join(ROOT, "bench"))  # as when the script runs: its folder on the path
+    monkeypatch.syspath_prepend(os.path.join(ROOT, "experiments"))  # as when the script runs: its folder on the path
     bench = importlib.import_module("red_vs_lrc")
     from tokenizer import load_tokenizer
     tok = load_tokenizer(teacher)

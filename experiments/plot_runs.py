@@ -10,7 +10,7 @@ Reads each RUN_DIR/metrics.jsonl (the validation lines distill.py writes: `erank
 Also prints the numbers behind the curves as a table.
 
 Builds on checkpoint.py (read_metrics); matplotlib for the picture.
-Run as: python bench/plot_runs.py RUN_DIR [RUN_DIR ...] [--names a b ...] [--out runs.png]
+Run as: python experiments/plot_runs.py RUN_DIR [RUN_DIR ...] [--names a b ...] [--out runs.png]
 """
 import argparse
 import json
@@ -19,7 +19,7 @@ import statistics
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from bench.figures import pyplot  # noqa: E402
+from experiments.figures import pyplot  # noqa: E402
 from checkpoint import read_metrics  # noqa: E402
 
 

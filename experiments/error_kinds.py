@@ -1,4 +1,4 @@
-"""How a student's wrong answers are wrong, on bench/plateau.py's held-out problems.
+"""How a student's wrong answers are wrong, on experiments/plateau.py's held-out problems.
 
 A worked problem of k steps ends "Step k: ... = N.\\n#### N". A wrong answer to it is one of two kinds:
     overran   step k of the chain reached the right number, and the model went on with a step k + 1 the
@@ -8,12 +8,12 @@ The two call for different readings of "reasoning collapse": a student whose err
 computes the chain and loses count of it; one whose errors are "other" cannot compute it.
 
 The problems, the generation length (--max-new-tokens + 24 per step) and the greedy decoding are those of
-bench/plateau.py's accuracy columns, so the accuracy printed here equals the point's in points.csv. Prints a
+experiments/plateau.py's accuracy columns, so the accuracy printed here equals the point's in points.csv. Prints a
 markdown table, writes nothing.
 
-Builds on eval_reasoning.py (the evaluator), bench/red_vs_lrc.py (the held-out problems), load_weights.py and
+Builds on eval_reasoning.py (the evaluator), experiments/red_vs_lrc.py (the held-out problems), load_weights.py and
 tokenizer.py. Run as:
-    python bench/error_kinds.py --tokenizer out/reasoning-teacher out/plateau-c/runs/lrc-s0 out/plateau-c/runs/red-s0
+    python experiments/error_kinds.py --tokenizer out/reasoning-teacher out/plateau-c/runs/lrc-s0 out/plateau-c/runs/red-s0
 """
 import argparse
 import os
@@ -45,7 +45,7 @@ def main():
     cli.interrupt_while_starting()
     import torch
     import eval_reasoning as er
-    from bench.red_vs_lrc import accuracy_by_steps, accuracy_problems
+    from experiments.red_vs_lrc import accuracy_by_steps, accuracy_problems
     from load_weights import LoadError, load_model
     from tokenizer import TokenizerError, load_tokenizer
     torch.set_num_threads(args.threads)

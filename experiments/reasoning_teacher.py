@@ -23,8 +23,8 @@ distill.py, erank.py and eval_reasoning.py all load.
 
 Builds on model.py, load_weights.py (save_model), tokenizer.py, problems.py, eval_reasoning.py (the
 solution-only loss, evaluation), distill.py (get_lr) and checkpoint.py (the run directory). Run as:
-    python bench/reasoning_teacher.py --out out/reasoning-teacher [--minutes 60] [--text-fraction 0.25]
-    python bench/reasoning_teacher.py --out out/reasoning-teacher --steps 6000 --stop-at 3000   # then --resume
+    python experiments/reasoning_teacher.py --out out/reasoning-teacher [--minutes 60] [--text-fraction 0.25]
+    python experiments/reasoning_teacher.py --out out/reasoning-teacher --steps 6000 --stop-at 3000   # then --resume
 """
 import argparse
 import ast

@@ -1,7 +1,7 @@
 """What the benchmark scripts share to draw their figures: matplotlib when it is installed, one way to save.
 
 Builds on matplotlib (optional: a test/dev dependency; every script prints its numbers without it).
-Run as: imported by bench/plot_runs.py, proxy_theory.py, red_vs_lrc.py and plateau_report.py.
+Run as: imported by experiments/plot_runs.py, proxy_theory.py, red_vs_lrc.py and plateau_report.py.
 """
 
 

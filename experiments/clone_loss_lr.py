@@ -13,9 +13,9 @@ each run:
 Written to --out: results.md (with the mean ± sd over seeds of each cell's end figures when there are several),
 results.csv. `--resume` skips the runs that have finished, so more seeds can be added to a record later.
 
-Builds on bench/red_vs_lrc.py (run_tool, make_init), distill.py and init_select.py (run as a user runs
+Builds on experiments/red_vs_lrc.py (run_tool, make_init), distill.py and init_select.py (run as a user runs
 them) and checkpoint.py (read_metrics). Run as:
-    python bench/clone_loss_lr.py [--lrs 1e-4 1e-3] [--seeds 0 1 2] [--steps 60] [--out out/clone_loss_lr]
+    python experiments/clone_loss_lr.py [--lrs 1e-4 1e-3] [--seeds 0 1 2] [--steps 60] [--out out/clone_loss_lr]
         [--resume]
 """
 import argparse
@@ -30,8 +30,8 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import checkpoint as ckpt  # noqa: E402
 import cli  # noqa: E402
-from bench import red_vs_lrc as rvl  # noqa: E402
-from bench.plateau import read_rows, write_rows  # noqa: E402
+from experiments import red_vs_lrc as rvl  # noqa: E402
+from experiments.plateau import read_rows, write_rows  # noqa: E402
 from kd_loss import CLONE_LOSSES, CLONE_TERMS  # noqa: E402
 from load_weights import read_config  # noqa: E402
 from scripts.example_teacher import build_example_teacher  # noqa: E402

@@ -9,8 +9,8 @@ three points, each at its own fit); Table 6's factorial; the latest point of eac
 figures (accuracy against fit along training, eRank over steps, eRank per layer). Everything is read from the
 record, so a record kept in docs/ is reported again without its teacher.
 
-Builds on bench/figures.py (matplotlib, optional) and cli.py; bench/plateau.py writes the record and calls report.
-Run as: python bench/plateau.py --report docs/plateau   (and at every stop of a plateau.py run)
+Builds on experiments/figures.py (matplotlib, optional) and cli.py; experiments/plateau.py writes the record and calls report.
+Run as: python experiments/plateau.py --report docs/records/teacher-b-3000-steps   (and at every stop of a plateau.py run)
 """
 import csv
 import math
@@ -20,7 +20,7 @@ import sys
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from bench.figures import pyplot, save  # noqa: E402
+from experiments.figures import pyplot, save  # noqa: E402
 import cli  # noqa: E402
 
 
@@ -101,7 +101,7 @@ def spread(values: list[float], digits: int = 2) -> str:
 
 def report(args, best: dict[str, float]):
     """plateau.md (and the figures) from sweep.csv and points.csv, whatever of them exists; `best`: each arm's
-    rate from a finished sweep (bench/plateau.py's best_rates)."""
+    rate from a finished sweep (experiments/plateau.py's best_rates)."""
     if args.rates:
         rates = "learning rates given: " + ", ".join(f"{arm} {lr:g}" for arm, lr in args.rates.items()) + " (no sweep)"
     else:

@@ -16,11 +16,11 @@ erank.png (eRank per layer), accuracy.png and loss.png (training loss curves).
 
 The claims under test (docs/METHOD.md §3.1, §3.8): random projections collapse the student's eRank and its
 multi-step reasoning; selection keeps both. The defaults are sized for the example teacher on 2 CPU cores;
-bench/reasoning_teacher.py makes a teacher that reasons; the README gives the commands and results for both.
+experiments/reasoning_teacher.py makes a teacher that reasons; the README gives the commands and results for both.
 
 Builds on init_select.py, distill.py (both run as a user runs them), erank.py, eval_reasoning.py, data.py,
 problems.py, load_weights.py and tokenizer.py. Run as:
-    python bench/red_vs_lrc.py [--teacher DIR] [--width W] [--steps N] [--out DIR]
+    python experiments/red_vs_lrc.py [--teacher DIR] [--width W] [--steps N] [--out DIR]
 """
 import argparse
 import csv
@@ -33,7 +33,7 @@ import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-from bench.figures import pyplot, save  # noqa: E402
+from experiments.figures import pyplot, save  # noqa: E402
 import checkpoint as ckpt  # noqa: E402
 import cli  # noqa: E402
 import eval_reasoning as er  # noqa: E402

@@ -14,7 +14,7 @@ mean it has not learned yet. This harness separates the two (docs/METHOD.md §4.
      on the general text, greedy accuracy at each step count, and distill.py's own validation loss and
      projection spectra at that step;
   3. record and report: points.csv (a row per measured point), teacher.json and config.json, from which
-     bench/plateau_report.py writes plateau.md (the sweep, the end of the budget with mean and spread over
+     experiments/plateau_report.py writes plateau.md (the sweep, the end of the budget with mean and spread over
      seeds, the plateau criterion, equal fit, Table 6's factorial) and the figures, at every stop.
 Everything is kept under --out; `--resume` continues after a stop (--max-minutes, Ctrl-C, a kill) without
 redoing a finished segment, so a long experiment is split into commands of bounded length. Its record
@@ -29,14 +29,14 @@ runs trained ("trained_on"); training more on another kind, or joining runs of a
 command only joins (--arms and --seeds are not trained). A partial run in --out that it cannot finish (no run
 files: a record restored from docs/) is replaced by a finished run of the same arm and seed, and says so.
 --report DIR rewrites a record's report from its files alone (no teacher; nothing trained or measured).
-The data: the teacher's training problems (bench/red_vs_lrc.py's synthetic corpus) and its general text
-(bench/reasoning_teacher.py writes text_train.jsonl / text_heldout.jsonl beside the checkpoint).
+The data: the teacher's training problems (experiments/red_vs_lrc.py's synthetic corpus) and its general text
+(experiments/reasoning_teacher.py writes text_train.jsonl / text_heldout.jsonl beside the checkpoint).
 
-Builds on bench/red_vs_lrc.py (arms, init files, measurement), bench/plateau_report.py (tables, figures),
+Builds on experiments/red_vs_lrc.py (arms, init files, measurement), experiments/plateau_report.py (tables, figures),
 distill.py (run as a user runs it, with --stop-at and --resume), student.py, erank.py, data.py, checkpoint.py.
 Run as:
-    python bench/plateau.py --teacher out/reasoning-teacher --out out/plateau [--resume] [--max-minutes 55]
-    python bench/plateau.py --report docs/plateau
+    python experiments/plateau.py --teacher out/reasoning-teacher --out out/plateau [--resume] [--max-minutes 55]
+    python experiments/plateau.py --report docs/records/teacher-b-3000-steps
 """
 import argparse
 import math
@@ -52,8 +52,8 @@ from safetensors.torch import load_file
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import checkpoint as ckpt  # noqa: E402
 import cli  # noqa: E402
-from bench import red_vs_lrc as rvl  # noqa: E402
-from bench.plateau_report import arm_losses, by_run, read_rows, report, write_rows  # noqa: E402
+from experiments import red_vs_lrc as rvl  # noqa: E402
+from experiments.plateau_report import arm_losses, by_run, read_rows, report, write_rows  # noqa: E402
 from data import load_windows  # noqa: E402
 from erank import measure_model  # noqa: E402
 from init_select import read_init  # noqa: E402
@@ -288,7 +288,7 @@ def measure_point(args, name: str, seed: int, lr: float, step: int, model, tok, 
 
 
 def write_report(args):
-    """plateau.md and the figures of --out (bench/plateau_report.py), with the best rate of each finished sweep."""
+    """plateau.md and the figures of --out (experiments/plateau_report.py), with the best rate of each finished sweep."""
     report(args, best_rates(args, read_rows(os.path.join(args.out, "sweep.csv"))))
 
 
@@ -308,7 +308,7 @@ def report_only(out: str):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--teacher", help="teacher directory (bench/reasoning_teacher.py's); needed except with "
+    parser.add_argument("--teacher", help="teacher directory (experiments/reasoning_teacher.py's); needed except with "
                         "--report")
     parser.add_argument("--width", type=cli.int_at_least(1), default=128)
     parser.add_argument("--arms", nargs="+", choices=list(rvl.RUNS), default=ARMS)
@@ -364,7 +364,7 @@ def main():
                            "--text-heldout": args.text_heldout}, [cli.Output("--out", args.out, "dir")])
         for flag, path in (("--text-train", args.text_train), ("--text-heldout", args.text_heldout)):
             if not os.path.isfile(path):
-                cli.fail(f"{flag} {path}: no such file - train the teacher with bench/reasoning_teacher.py "
+                cli.fail(f"{flag} {path}: no such file - train the teacher with experiments/reasoning_teacher.py "
                          f"(--text-fraction > 0) or pass {flag}")
         args.fingerprint = fingerprint(args.teacher)  # the experiment's points are of this teacher only
         args.trained_on = torch.device(args.device).type  # "cuda:1" -> "cuda"
@@ -394,7 +394,7 @@ def main():
         try:  # one process per experiment: two would write the same points.csv
             ckpt.lock(args.out)
         except ckpt.RunError:
-            cli.fail(f"--out {args.out}: another bench/plateau.py is running this experiment - wait for it, or stop "
+            cli.fail(f"--out {args.out}: another experiments/plateau.py is running this experiment - wait for it, or stop "
                      "it (the same command with --resume continues)")
         if args.join and not args.rates:
             cli.fail("--join needs --rates: it joins experiments of given learning rates, not of a sweep")

@@ -24,7 +24,7 @@ the loss of reconstructing nothing. The paper's numbers (bottleneck 1200, 4,169 
 Writes --out/proxy.md (the table), proxy.csv (the trajectories) and proxy.png (singular values of QO over time).
 
 Builds on erank.py (eRank of X Q O), init_select.py (the selection), data.py and load_weights.py.
-Run as: python bench/proxy_theory.py [--teacher DIR] [--layer L] [--data pydoc] [--rows 4169] [--width W]
+Run as: python experiments/proxy_theory.py [--teacher DIR] [--layer L] [--data pydoc] [--rows 4169] [--width W]
         [--steps 3000] [--out out/proxy]
 """
 import argparse
@@ -35,7 +35,7 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from bench.figures import pyplot  # noqa: E402
+from experiments.figures import pyplot  # noqa: E402
 from data import load_windows  # noqa: E402
 from erank import erank  # noqa: E402
 from init_select import channel_importance, random_orthonormal, select_channels, selection_matrix  # noqa: E402

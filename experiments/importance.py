@@ -10,7 +10,7 @@ aggregation over RMSNorm outputs, summed over sites), with position 0 kept (the 
     never saw: perplexity and mean residual eRank (Diff-eRank), beside the teacher's.
 
 Builds on init_select.py (channel_importance, select_channels, init_projections), erank.py, data.py, student.py.
-Run as: python bench/importance.py [--teacher DIR] [--width W] [--data pydoc] [--seq-len 256] [--n-calib 16]
+Run as: python experiments/importance.py [--teacher DIR] [--width W] [--data pydoc] [--seq-len 256] [--n-calib 16]
 """
 import argparse
 import os
