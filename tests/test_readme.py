@@ -9,7 +9,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
-DOCS = {path: path.read_text() for path in sorted((ROOT / "docs").glob("*.md"))}  # METHOD.md, equal-fit.md
+DOCS = {path: path.read_text() for path in sorted((ROOT / "docs").rglob("*.md"))}  # every page and record report
 
 
 def test_equation_table_rows_point_to_existing_functions_and_tests():
