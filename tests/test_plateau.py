@@ -20,6 +20,7 @@ import pytest
 import checkpoint as ckpt
 import eval_reasoning as er
 from experiments.plateau import next_rate
+from experiments.schedule_bias import schedule_bias
 from experiments.plateau_report import (equal_fit, lead_cells, interpolated_accuracy, over_last_points, plateau, under_way,
                                   write_rows)
 from load_weights import load_model
@@ -64,6 +65,47 @@ def test_red_accuracy_interpolated_at_another_arms_fit():
     assert interpolated_accuracy(red, "solution_ppl", 1.2, args) is None  # only a line from the init: no reading
     hard_only = dict(red[1], acc_1=0.9)  # only the three longest step counts count: still 30 %, so (30 + 60) / 2 %
     assert interpolated_accuracy([red[0], hard_only, red[2]], "solution_ppl", 1.030, args) == pytest.approx(0.45)
+
+
+def write_record(path, steps: int, runs: dict) -> argparse.Namespace:
+    """A record's points.csv (as plateau.py writes it) from {(arm, seed): [points]}; its settings as a Namespace."""
+    os.makedirs(path, exist_ok=True)
+    rows = [{"arm": arm, "seed": seed, "general_ppl": p["solution_ppl"], **p}
+            for (arm, seed), points in runs.items() for p in points]
+    write_rows(os.path.join(path, "points.csv"), rows)
+    return argparse.Namespace(out=str(path), steps=steps, steps_list=[1, 2, 3, 4, 5, 6])
+
+
+def test_schedule_bias_is_an_annealed_end_against_the_same_arm_mid_schedule(tmp_path):
+    """A short run's end against the long run of the same arm and seed, interpolated to the same fit."""
+    short = write_record(tmp_path / "short", 1000, {
+        ("red", 0): [fit_point(0, 500.0, 0.0), fit_point(1000, 1.035, 0.50)],   # annealed: 50 % at 1.035
+        ("red", 1): [fit_point(0, 500.0, 0.0), fit_point(1000, 1.005, 0.90)],   # fits better than the long run ever
+        ("lrc", 0): [fit_point(0, 500.0, 0.0), fit_point(1000, 1.030, 0.40)]})  # no long lrc run: no pair
+    long = write_record(tmp_path / "long", 3000, {("red", 0): RED_CURVE, ("red", 1): RED_CURVE})
+    bias = schedule_bias([long, short], "solution_ppl")  # in any order: the shorter budget is the annealed end
+    # the long run at 1.035 reads 37.5 % (test_red_accuracy_interpolated_at_another_arms_fit): 50 - 37.5 points
+    assert bias == {"red": [pytest.approx(0.125)]}
+    same_budget = write_record(tmp_path / "same", 1000, {("red", 0): RED_CURVE})
+    assert schedule_bias([short, same_budget], "solution_ppl") == {}  # two ends of one budget: no schedule to compare
+
+
+@pytest.mark.parametrize("record", sorted(p.name for p in os.scandir(os.path.join(ROOT, "docs", "records"))
+                                          if os.path.exists(os.path.join(p.path, "points.csv"))))
+def test_every_kept_record_reports_again_byte_for_byte(record, tmp_path):
+    """The records in docs/records/ are read by path: plateau.py --report rewrites each one's plateau.md exactly."""
+    kept = os.path.join(ROOT, "docs", "records", record)
+    copy = tmp_path / record
+    os.makedirs(copy)
+    for name in ("config.json", "teacher.json", "points.csv", "sweep.csv"):
+        if os.path.exists(os.path.join(kept, name)):
+            with open(os.path.join(kept, name), "rb") as src, open(copy / name, "wb") as dst:
+                dst.write(src.read())
+    done = subprocess.run([sys.executable, "experiments/plateau.py", "--report", str(copy)], cwd=ROOT,
+                          capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert done.returncode == 0, done.stderr[-2000:]
+    with open(os.path.join(kept, "plateau.md")) as a, open(copy / "plateau.md") as b:
+        assert b.read() == a.read()
 
 
 def test_equal_fit_over_the_last_three_points():
