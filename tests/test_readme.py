@@ -13,7 +13,8 @@ DOCS = {path: path.read_text() for path in sorted((ROOT / "docs").rglob("*.md"))
 
 
 def test_equation_table_rows_point_to_existing_functions_and_tests():
-    table = README[README.index("## Equations and where they live"):README.index("## Confirmed and reconstructed")]
+    start = README.index("## Equations and where they live")
+    table = README[start:README.index("\n## ", start + 1)]
     rows = [line for line in table.splitlines() if line.startswith("| ") and "`" in line]
     assert len(rows) >= 10
     for row in rows:
@@ -28,23 +29,46 @@ def test_equation_table_rows_point_to_existing_functions_and_tests():
         assert test_name in tests, f"{test_file}::{test_name} (README row {cells[0]!r})"
 
 
-def test_flags_in_readme_exist():
-    """Every --flag on a README (or docs/) command line of a tool is defined by that tool (distill.py's flags live
-    in run_config.py and init_select.add_init_arguments)."""
-    sources = {"distill.py": ["run_config.py", "init_select.py"], "init_select.py": ["init_select.py"],
-               "erank.py": ["erank.py"], "eval_reasoning.py": ["eval_reasoning.py"], "data.py": ["data.py"],
-               "student.py": ["student.py"], "scripts/generate.py": ["scripts/generate.py"],
-               "experiments/plateau.py": ["experiments/plateau.py"], "experiments/reasoning_teacher.py": ["experiments/reasoning_teacher.py"],
-               "experiments/error_kinds.py": ["experiments/error_kinds.py"]}
-    text = "\n".join([README, *DOCS.values()])
-    checked = 0
-    for tool, files in sources.items():
-        source = "".join((ROOT / f).read_text() for f in files)
-        for line in re.findall(re.escape(tool) + r"[^\n`]*", text):
-            for flag in re.findall(r"(--[a-z][a-z-]+)", line):
-                assert f'"{flag}"' in source, f"README or docs/ use {tool} {flag}, which {tool} does not define"
-                checked += 1
-    assert checked >= 20
+def script_and_imports(script: Path) -> str:
+    """The script's text and that of the project files it imports (its flags may live there: distill.py's are in
+    run_config.py and init_select.add_init_arguments)."""
+    texts = [script.read_text()]
+    for node in ast.walk(ast.parse(texts[0])):
+        names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+            [node.module] if isinstance(node, ast.ImportFrom) and node.module and node.level == 0 else []
+        for name in names:
+            for candidate in (ROOT / (name.replace(".", "/") + ".py"), script.parent / (name + ".py")):
+                if candidate.is_file() and candidate != script:
+                    texts.append(candidate.read_text())
+    return "\n".join(texts)
+
+
+def commands(text: str) -> list[tuple[str, str]]:
+    """(script path, its arguments) of every `python X.py ...` or `torchrun ... X.py ...` command in the text, with
+    backslash-continued lines joined and comments cut."""
+    text = re.sub(r"\\\n\s*", " ", text)
+    found = []
+    for line in text.splitlines():
+        for part in re.split(r"&&|;|\|(?!\|)|`", line.split(" # ")[0]):
+            m = re.search(r"(?:python|torchrun\b[^\n]*?)\s+((?:[\w-]+/)*\w+\.py)\b(.*)", part)
+            if m:
+                found.append((m.group(1), m.group(2)))
+    return found
+
+
+def test_every_command_in_readme_and_docs_names_a_script_and_its_flags():
+    """Every `python X.py --flag ...` command in the README and docs/ runs a script that exists and passes only
+    flags that script (or a project file it imports) defines."""
+    checked = set()
+    for page, text in [(ROOT / "README.md", README), *DOCS.items()]:
+        for script, arguments in commands(text):
+            path = ROOT / script
+            assert path.is_file(), f"{page.relative_to(ROOT)} runs {script}, which is not in the repository"
+            source = script_and_imports(path)
+            for flag in re.findall(r"(?<![\w-])(--[a-z][a-z0-9-]+)", arguments):
+                assert f'"{flag}"' in source, f"{page.relative_to(ROOT)} runs {script} {flag}, which it does not define"
+                checked.add((script, flag))
+    assert len(checked) >= 60 and len({script for script, _ in checked}) >= 12
 
 
 def test_pictures_and_scripts_the_readme_names_exist():
