@@ -5,6 +5,8 @@ model.safetensors.index.json. Our parameter names are HF's minus the leading "mo
 rename plus a strict `load_state_dict`; every missing, unexpected or mis-shaped tensor is named in one error.
 `save_model` writes the reverse, with an explicit head_dim (a RED student has head_dim != width / heads), and
 copies tokenizer and generation files from the teacher so `transformers` and tokenizer.py load the result.
+The architecture comes from config.json: `args_from_hf_config` maps its keys to `model.ModelArgs` (a model we
+would run unfaithfully is a ConfigError, named with the key), `hf_config` writes them back.
 
 `fingerprint` names a checkpoint's exact contents, so a resumed run can check it has the same teacher.
 
@@ -13,6 +15,7 @@ Builds on model.py and cli.py. Run as: python load_weights.py --model DIR   (loa
 import argparse
 import hashlib
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -22,8 +25,10 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 import cli
-from model import ConfigError, ModelArgs, Transformer, rope_inv_freq
+from model import ModelArgs, Transformer, rope_inv_freq
 
+# the families red runs: HF model_type -> the architectures entry of config.json
+FAMILIES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM"}
 # files that describe the tokenizer and decoding, copied verbatim from the teacher into a saved student
 SIDE_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
               "generation_config.json", "tokenizer.model", "vocab.json", "merges.txt", "added_tokens.json")
@@ -31,6 +36,96 @@ SIDE_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.jso
 
 class LoadError(ValueError):
     """A checkpoint that cannot be loaded; the message names the file and what to do."""
+
+
+class ConfigError(ValueError):
+    """A config.json this code cannot run faithfully (one line, says what to do)."""
+
+
+# ---------------------------------------------------------------------------------------------------------
+# config.json <-> ModelArgs
+
+def args_from_hf_config(cfg: dict) -> ModelArgs:
+    """Map an HF config.json dict to ModelArgs; anything we would run unfaithfully is a ConfigError."""
+    if not isinstance(cfg, dict):
+        raise ConfigError(f"holds a JSON {type(cfg).__name__}, not an object - is this a model's config.json?")
+    family = cfg.get("model_type")
+    if family not in FAMILIES:
+        raise ConfigError(f"unsupported model_type {family!r} - red runs {', '.join(FAMILIES)}")
+    if cfg.get("hidden_act", "silu") != "silu":
+        raise ConfigError(f"unsupported hidden_act {cfg['hidden_act']!r} - only SwiGLU (silu) models run")
+    if cfg.get("mlp_bias") or (family != "qwen2" and cfg.get("attention_bias")):
+        raise ConfigError("linear biases other than Qwen2's q/k/v bias are not supported")
+    if cfg.get("use_sliding_window"):
+        raise ConfigError("sliding-window attention is not supported - set use_sliding_window false")
+    # transformers 5 writes `rope_parameters`; older checkpoints `rope_theta` + `rope_scaling`: read both
+    rope = dict(cfg.get("rope_parameters") or {})
+    rope.update(cfg.get("rope_scaling") or {})
+    theta = rope.get("rope_theta", cfg.get("rope_theta", 10000.0))
+    rope_type = rope.get("rope_type", rope.get("type", "default"))
+    if rope_type == "default":
+        scaling = None
+    elif rope_type == "llama3":
+        scaling = {k: rope[k] for k in ("factor", "low_freq_factor", "high_freq_factor",
+                                        "original_max_position_embeddings")}
+    else:
+        raise ConfigError(f"unsupported rope_scaling type {rope_type!r} - only 'llama3' (or none) is implemented")
+    n_heads = cfg["num_attention_heads"]
+    args = ModelArgs(
+        family=family, vocab_size=cfg["vocab_size"], dim=cfg["hidden_size"],
+        n_layers=cfg["num_hidden_layers"], n_heads=n_heads,
+        n_kv_heads=cfg.get("num_key_value_heads") or n_heads,
+        head_dim=cfg.get("head_dim") or cfg["hidden_size"] // n_heads,
+        ffn_dim=cfg["intermediate_size"], norm_eps=cfg["rms_norm_eps"], rope_theta=float(theta),
+        rope_scaling=scaling, max_seq_len=cfg.get("max_position_embeddings", 4096),
+        tie_embeddings=bool(cfg.get("tie_word_embeddings", False)),
+        qkv_bias=family == "qwen2",  # [qwen] Qwen2 hard-codes bias=True on q/k/v
+        qk_norm=family == "qwen3",   # [qwen]
+    )
+    check_args(args)
+    return args
+
+
+def check_args(args: ModelArgs):
+    """ConfigError unless every size is a positive integer and eps, theta and the scaling are in range (the
+    messages name the config.json keys)."""
+    sizes = {"vocab_size": "vocab_size", "dim": "hidden_size", "n_layers": "num_hidden_layers",
+             "n_heads": "num_attention_heads", "n_kv_heads": "num_key_value_heads", "head_dim": "head_dim",
+             "ffn_dim": "intermediate_size", "max_seq_len": "max_position_embeddings"}  # ours -> config.json
+    for field_name, key in sizes.items():
+        value = getattr(args, field_name)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ConfigError(f"{key} is {value!r} - every size must be a positive integer")
+    if args.n_heads % args.n_kv_heads:
+        raise ConfigError(f"{args.n_heads} attention heads do not split into {args.n_kv_heads} kv-head groups")
+    numbers = {"rms_norm_eps": args.norm_eps, "rope_theta": args.rope_theta, **(args.rope_scaling or {})}
+    for name, value in numbers.items():
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+            raise ConfigError(f"{name} is {value!r} - it must be a finite number")
+    if args.norm_eps < 0 or args.rope_theta <= 0:
+        raise ConfigError(f"rms_norm_eps {args.norm_eps} / rope_theta {args.rope_theta} out of range - "
+                          "eps must be >= 0 and theta > 0")
+    if args.rope_scaling and (args.rope_scaling["factor"] <= 0 or
+                              args.rope_scaling["high_freq_factor"] <= args.rope_scaling["low_freq_factor"]):
+        raise ConfigError("llama3 rope_scaling needs factor > 0 and high_freq_factor > low_freq_factor")
+
+
+def hf_config(args: ModelArgs) -> dict:
+    """The config.json keys transformers needs to rebuild this architecture (head_dim always explicit)."""
+    cfg = {
+        "architectures": [FAMILIES[args.family]], "model_type": args.family,
+        "vocab_size": args.vocab_size, "hidden_size": args.dim, "num_hidden_layers": args.n_layers,
+        "num_attention_heads": args.n_heads, "num_key_value_heads": args.n_kv_heads,
+        "head_dim": args.head_dim, "intermediate_size": args.ffn_dim, "rms_norm_eps": args.norm_eps,
+        "hidden_act": "silu", "max_position_embeddings": args.max_seq_len,
+        "tie_word_embeddings": args.tie_embeddings, "rope_theta": args.rope_theta,
+        "rope_scaling": dict(args.rope_scaling, rope_type="llama3") if args.rope_scaling else None,
+    }
+    if args.family == "llama":
+        cfg.update(attention_bias=False, mlp_bias=False)
+    if args.family == "qwen2":
+        cfg.update(use_sliding_window=False)  # [qwen]
+    return cfg
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -46,7 +141,7 @@ def read_config(path: str) -> tuple[dict, ModelArgs]:
     try:
         with open(config_path) as f:
             cfg = json.load(f)
-        return cfg, ModelArgs.from_hf_config(cfg)
+        return cfg, args_from_hf_config(cfg)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise LoadError(f"{config_path}: not valid JSON ({e}) - restore the file from the original checkpoint")
     except ConfigError as e:
@@ -170,7 +265,7 @@ def save_model(model: Transformer, path: str, *, like: str | None = None, dtype:
         # our config keys below replace the RoPE and size fields; stale transformers-5 RoPE keys must go
         for key in ("rope_parameters", "rope_scaling", "rope_theta", "torch_dtype", "dtype", "transformers_version"):
             base.pop(key, None)
-    cfg = {**base, **model.args.to_hf_config()}
+    cfg = {**base, **hf_config(model.args)}
     state = hf_state_dict(model)
     if dtype is not None:
         state = {k: v.to(dtype) for k, v in state.items()}

@@ -6,7 +6,8 @@ width W (heads, head_dim and FFN width unchanged), so distill.py runs it with th
 "model."), so load_weights.py is a strict `load_state_dict`.
 
 Family differences are fields of `ModelArgs` and every line that depends on one is tagged `# [qwen]`, so
-`grep -n '\\[qwen\\]' model.py` lists the whole Llama -> Qwen delta.
+`grep -n '\\[qwen\\]' model.py load_weights.py` lists the whole Llama -> Qwen delta (load_weights.py maps
+a Hugging Face config.json to `ModelArgs`).
 
 Taps: `forward(tokens, tap=fn)` calls `fn(layer, name, x)` with each activation as it is computed; this is how
 distillation (the clone loss), calibration (channel importance) and eRank see inside the model, so there is
@@ -37,117 +38,31 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-FAMILIES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM"}
-
-
-class ConfigError(ValueError):
-    """A config.json this code cannot run faithfully (one line, says what to do)."""
-
 
 class ContextError(ValueError):
     """More positions than the model was built for (max_position_embeddings)."""
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Architecture config
+# Architecture config (load_weights.py maps a Hugging Face config.json to it and back)
 
 @dataclass
 class ModelArgs:
     family: str               # "llama", "qwen2" or "qwen3" (HF model_type)
     vocab_size: int           # embedding rows; Qwen pads it beyond the tokenizer's vocab
     dim: int                  # residual width D (hidden_size)
-    n_layers: int
-    n_heads: int
-    n_kv_heads: int
-    head_dim: int
+    n_layers: int             # transformer blocks
+    n_heads: int              # query heads H
+    n_kv_heads: int           # key/value heads K (grouped-query attention: H is a multiple of K)
+    head_dim: int             # Dh, explicit: a RED student has Dh != D / H
     ffn_dim: int              # F (intermediate_size)
-    norm_eps: float
-    rope_theta: float
+    norm_eps: float           # RMSNorm epsilon
+    rope_theta: float         # RoPE base frequency
     rope_scaling: dict | None = None   # llama3 frequency scaling (Llama 3.1 / 3.2), else None
-    max_seq_len: int = 4096
+    max_seq_len: int = 4096            # positions the model was built for (max_position_embeddings)
     tie_embeddings: bool = False       # LM head reuses the embedding matrix
     qkv_bias: bool = False             # [qwen] Qwen2 q/k/v projections carry a bias
     qk_norm: bool = False              # [qwen] Qwen3 RMS-normalises each head of q and k before RoPE
-
-    @staticmethod
-    def from_hf_config(cfg: dict) -> "ModelArgs":
-        """Map an HF config.json dict to ModelArgs; anything we would run unfaithfully is a ConfigError."""
-        if not isinstance(cfg, dict):
-            raise ConfigError(f"holds a JSON {type(cfg).__name__}, not an object - is this a model's config.json?")
-        family = cfg.get("model_type")
-        if family not in FAMILIES:
-            raise ConfigError(f"unsupported model_type {family!r} - red runs {', '.join(FAMILIES)}")
-        if cfg.get("hidden_act", "silu") != "silu":
-            raise ConfigError(f"unsupported hidden_act {cfg['hidden_act']!r} - only SwiGLU (silu) models run")
-        if cfg.get("mlp_bias") or (family != "qwen2" and cfg.get("attention_bias")):
-            raise ConfigError("linear biases other than Qwen2's q/k/v bias are not supported")
-        if cfg.get("use_sliding_window"):
-            raise ConfigError("sliding-window attention is not supported - set use_sliding_window false")
-        # transformers 5 writes `rope_parameters`; older checkpoints `rope_theta` + `rope_scaling`: read both
-        rope = dict(cfg.get("rope_parameters") or {})
-        rope.update(cfg.get("rope_scaling") or {})
-        theta = rope.get("rope_theta", cfg.get("rope_theta", 10000.0))
-        rope_type = rope.get("rope_type", rope.get("type", "default"))
-        if rope_type == "default":
-            scaling = None
-        elif rope_type == "llama3":
-            scaling = {k: rope[k] for k in ("factor", "low_freq_factor", "high_freq_factor",
-                                            "original_max_position_embeddings")}
-        else:
-            raise ConfigError(f"unsupported rope_scaling type {rope_type!r} - only 'llama3' (or none) is implemented")
-        n_heads = cfg["num_attention_heads"]
-        args = ModelArgs(
-            family=family, vocab_size=cfg["vocab_size"], dim=cfg["hidden_size"],
-            n_layers=cfg["num_hidden_layers"], n_heads=n_heads,
-            n_kv_heads=cfg.get("num_key_value_heads") or n_heads,
-            head_dim=cfg.get("head_dim") or cfg["hidden_size"] // n_heads,
-            ffn_dim=cfg["intermediate_size"], norm_eps=cfg["rms_norm_eps"], rope_theta=float(theta),
-            rope_scaling=scaling, max_seq_len=cfg.get("max_position_embeddings", 4096),
-            tie_embeddings=bool(cfg.get("tie_word_embeddings", False)),
-            qkv_bias=family == "qwen2",  # [qwen] Qwen2 hard-codes bias=True on q/k/v
-            qk_norm=family == "qwen3",   # [qwen]
-        )
-        args.check()
-        return args
-
-    def check(self):
-        """ConfigError unless every size is a positive integer and eps, theta and the scaling are in range."""
-        sizes = {"vocab_size": "vocab_size", "dim": "hidden_size", "n_layers": "num_hidden_layers",
-                 "n_heads": "num_attention_heads", "n_kv_heads": "num_key_value_heads", "head_dim": "head_dim",
-                 "ffn_dim": "intermediate_size", "max_seq_len": "max_position_embeddings"}  # ours -> config.json
-        for field_name, key in sizes.items():
-            value = getattr(self, field_name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ConfigError(f"{key} is {value!r} - every size must be a positive integer")
-        if self.n_heads % self.n_kv_heads:
-            raise ConfigError(f"{self.n_heads} attention heads do not split into {self.n_kv_heads} kv-head groups")
-        numbers = {"rms_norm_eps": self.norm_eps, "rope_theta": self.rope_theta, **(self.rope_scaling or {})}
-        for name, value in numbers.items():
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
-                raise ConfigError(f"{name} is {value!r} - it must be a finite number")
-        if self.norm_eps < 0 or self.rope_theta <= 0:
-            raise ConfigError(f"rms_norm_eps {self.norm_eps} / rope_theta {self.rope_theta} out of range - "
-                              "eps must be >= 0 and theta > 0")
-        if self.rope_scaling and (self.rope_scaling["factor"] <= 0 or
-                                  self.rope_scaling["high_freq_factor"] <= self.rope_scaling["low_freq_factor"]):
-            raise ConfigError("llama3 rope_scaling needs factor > 0 and high_freq_factor > low_freq_factor")
-
-    def to_hf_config(self) -> dict:
-        """The config.json keys transformers needs to rebuild this architecture (head_dim always explicit)."""
-        cfg = {
-            "architectures": [FAMILIES[self.family]], "model_type": self.family,
-            "vocab_size": self.vocab_size, "hidden_size": self.dim, "num_hidden_layers": self.n_layers,
-            "num_attention_heads": self.n_heads, "num_key_value_heads": self.n_kv_heads,
-            "head_dim": self.head_dim, "intermediate_size": self.ffn_dim, "rms_norm_eps": self.norm_eps,
-            "hidden_act": "silu", "max_position_embeddings": self.max_seq_len,
-            "tie_word_embeddings": self.tie_embeddings, "rope_theta": self.rope_theta,
-            "rope_scaling": dict(self.rope_scaling, rope_type="llama3") if self.rope_scaling else None,
-        }
-        if self.family == "llama":
-            cfg.update(attention_bias=False, mlp_bias=False)
-        if self.family == "qwen2":
-            cfg.update(use_sliding_window=False)  # [qwen]
-        return cfg
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ LRC's reference point: 84K tokens/s on 8 x H800 for its 1.5B student (10.5K per 
 6,144 tokens per GPU. Run as: python bench/bench_gpu.py [--peak-tflops 989] [--compile] [--recompute]
 (--device cpu --tiny runs the same code on a small model on the CPU: what the test suite does).
 
-Builds on distill.py (train_step), run_config.py (Config), student.py, init_select.py and model.py.
+Builds on distill.py (train_step), run_config.py (Config), student.py, init_select.py, load_weights.py and model.py.
 """
 import argparse
 import os
@@ -31,7 +31,8 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import distill  # noqa: E402
 from init_select import init_projections  # noqa: E402
-from model import ModelArgs, Transformer, rope_inv_freq  # noqa: E402
+from load_weights import args_from_hf_config  # noqa: E402
+from model import Transformer, rope_inv_freq  # noqa: E402
 from paper_shapes import LLAMA_3_2_3B  # noqa: E402  the released config.json
 import bench_distill  # noqa: E402  one FLOP count for both benchmarks
 from run_config import Config  # noqa: E402
@@ -44,7 +45,7 @@ MICRO_BATCHES = (1, 2, 3, 4, 6, 8, 12, 16)  # sequences per micro-batch; 3 x 204
 
 def random_teacher(config: dict, device, dtype) -> Transformer:
     """A Transformer of this HF config with N(0, 0.02^2) matrices and unit norm gains, frozen, in eval mode."""
-    args = ModelArgs.from_hf_config(config)
+    args = args_from_hf_config(config)
     torch.manual_seed(0)
     with torch.device(device):
         model = Transformer(args)

@@ -21,7 +21,7 @@ general fit:
 The result is a plain HF directory (model.safetensors, config.json, tokenizer files) that transformers,
 distill.py, erank.py and eval_reasoning.py all load.
 
-Builds on model.py, load_weights.py (save_model), tokenizer.py, problems.py, eval_reasoning.py (the
+Builds on model.py, load_weights.py (hf_config, save_model), tokenizer.py, problems.py, eval_reasoning.py (the
 solution-only loss, evaluation), distill.py (get_lr) and checkpoint.py (the run directory). Run as:
     python experiments/reasoning_teacher.py --out out/reasoning-teacher [--minutes 60] [--text-fraction 0.25]
     python experiments/reasoning_teacher.py --out out/reasoning-teacher --steps 6000 --stop-at 3000   # then --resume
@@ -46,7 +46,7 @@ from distill import get_lr  # noqa: E402
 from data import cut_windows, tokenize_documents  # noqa: E402
 from erank import measure_model  # noqa: E402
 from eval_reasoning import encode_problem, solution_batch, solution_loss  # noqa: E402
-from load_weights import save_model  # noqa: E402
+from load_weights import hf_config, save_model  # noqa: E402
 from model import ModelArgs, Transformer  # noqa: E402
 from problems import make_problem, make_synthetic, qa_text  # noqa: E402
 from tokenizer import load_tokenizer  # noqa: E402
@@ -315,7 +315,7 @@ def main():
 
     # the checkpoint: model.py's own save, with the run's tokenizer files and eos id carried over
     with open(os.path.join(tok_dir, "config.json"), "w") as f:
-        json.dump(model.args.to_hf_config() | {"eos_token_id": tok.eos_id, "bos_token_id": None}, f)
+        json.dump(hf_config(model.args) | {"eos_token_id": tok.eos_id, "bos_token_id": None}, f)
     save_model(model.eval(), args.out, like=tok_dir)
     if text_train:  # the general text's two splits, for the students' data and their general perplexity
         er.write_jsonl(os.path.join(args.out, "text_train.jsonl"), [{"text": d} for d in text_train])

@@ -10,8 +10,8 @@ import torch
 import transformers
 
 from conftest import recorder
-from load_weights import load_model
-from model import ConfigError, ContextError, KVCache, ModelArgs, generate
+from load_weights import ConfigError, args_from_hf_config, load_model
+from model import ContextError, KVCache, generate
 
 FAMILIES = ["llama", "qwen2", "qwen3"]
 
@@ -161,23 +161,23 @@ def test_stop_callback_ends_a_row(tiny_model):
 def test_config_errors():
     base = dict(model_type="llama", vocab_size=10, hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
                 intermediate_size=16, rms_norm_eps=1e-6)
-    assert ModelArgs.from_hf_config(base).head_dim == 4
+    assert args_from_hf_config(base).head_dim == 4
     with pytest.raises(ConfigError, match="model_type 'gpt2'"):
-        ModelArgs.from_hf_config(dict(base, model_type="gpt2"))
+        args_from_hf_config(dict(base, model_type="gpt2"))
     with pytest.raises(ConfigError, match="rope_scaling type 'yarn'"):
-        ModelArgs.from_hf_config(dict(base, rope_scaling={"rope_type": "yarn", "factor": 4.0}))
+        args_from_hf_config(dict(base, rope_scaling={"rope_type": "yarn", "factor": 4.0}))
     with pytest.raises(ConfigError, match="rope_scaling type 'linear'"):
-        ModelArgs.from_hf_config(dict(base, rope_parameters={"rope_type": "linear", "rope_theta": 1e4}))
+        args_from_hf_config(dict(base, rope_parameters={"rope_type": "linear", "rope_theta": 1e4}))
     with pytest.raises(ConfigError, match="sliding-window"):
-        ModelArgs.from_hf_config(dict(base, model_type="qwen2", use_sliding_window=True))
+        args_from_hf_config(dict(base, model_type="qwen2", use_sliding_window=True))
     bad = {"rope_theta": dict(rope_theta=0.0), "rms_norm_eps": dict(rms_norm_eps=-1e-6),
            "hidden_size": dict(hidden_size=8.0), "rms_norm_eps is": dict(rms_norm_eps=float("nan")),
            "kv-head groups": dict(num_key_value_heads=3)}
     for match, override in bad.items():  # nonsense sizes and ranges never make a model
         with pytest.raises(ConfigError, match=match):
-            ModelArgs.from_hf_config(dict(base, **override))
+            args_from_hf_config(dict(base, **override))
     with pytest.raises(ConfigError, match="not an object"):
-        ModelArgs.from_hf_config([base])
+        args_from_hf_config([base])
 
 
 # ---------------------------------------------------------------------------------------------------------
