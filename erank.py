@@ -10,8 +10,9 @@ definitions; every report says which (METHOD §4.1):
              to s^2, and the smaller of the two (0.78 d against 0.93 d for a 3072 x 1536 Gaussian).
   kind="rv"  Roy & Vetterli (EUSIPCO 2007) on the singular values s of the centred matrix, p_k = s_k / sum s.
 
-Both come from a d x d float64 Gram matrix, whose eigenvalues are the squared singular values: N tokens cost
-O(N d^2) time and O(d^2) memory, and tokens can be added chunk by chunk (`ERankAccumulator`).
+`erank_definition` computes either as written, from the SVD of all tokens at once. Everything after it gives
+the same number without holding all tokens: from a d x d float64 Gram matrix, whose eigenvalues are the squared
+singular values, N tokens cost O(N d^2) time and O(d^2) memory, added chunk by chunk (`ERankAccumulator`).
 
 Streaming and the mean: "rv" is exact in one pass, since for any shift c
 sum (x-mu)(x-mu)^T = sum (x-c)(x-c)^T - n (mu-c)(mu-c)^T (c = the first chunk's mean, so little cancels).
@@ -47,7 +48,26 @@ GRAM_BLOCKS = 4       # column blocks of the Gram update (see add_gram_)
 
 
 # ---------------------------------------------------------------------------------------------------------
-# The equations, one pure function each (and two row helpers)
+# The definition: all N tokens at once, by SVD
+
+def erank_definition(h: torch.Tensor, kind: str = "sq") -> float:
+    """eRank of the tokens h (N, d) as defined, float64: kind "sq" (Diff-eRank) or "rv" (Roy-Vetterli). It holds
+    all tokens; erank(), ERankAccumulator and measure_model compute the same number without holding them."""
+    x = torch.as_tensor(h, dtype=torch.float64)
+    x = x - x.mean(0)  # (N, d) centred tokens
+    if kind == "sq":  # every token at unit length (a token equal to the mean stays zero)
+        x = x / x.norm(dim=1, keepdim=True).clamp_min(torch.finfo(x.dtype).tiny)  # (N, d)
+    s = torch.linalg.svdvals(x)  # (min(N, d),) singular values
+    if s.sum() == 0:
+        return math.nan  # all tokens equal: no spread to measure
+    # "sq": s_k^2 / N are the eigenvalues of the covariance Z^T Z / N; dividing by their sum (the trace) drops N
+    p = s**2 / (s**2).sum() if kind == "sq" else s / s.sum()  # (min(N, d),) a probability vector
+    p = p[p > 0]  # 0 log 0 = 0
+    return math.exp(-(p * p.log()).sum().item())  # exp(entropy): 1 for one direction, d for d equal ones
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The same number without holding all tokens: a d x d Gram matrix, one pure function per step, two row helpers
 
 def row_steps(h: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """h (N, d) split into views of at most STEP_ELEMENTS elements (at least one row each)."""

@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 import torch
 
-from erank import (ERankAccumulator, TokenCosineAccumulator, erank, erank_rv, erank_sq, erank_streaming,
-                   measure_model, token_cosine)
+from erank import (ERankAccumulator, TokenCosineAccumulator, erank, erank_definition, erank_rv, erank_sq,
+                   erank_streaming, measure_model, token_cosine)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -125,6 +125,24 @@ def test_streaming_equals_one_batch(kind):
     assert acc.n == len(h)
     assert acc.value() == pytest.approx(batch, rel=1e-9)
 
+
+@pytest.mark.parametrize("kind", ["sq", "rv"])
+def test_streaming_erank_equals_the_svd_definition(kind):
+    """erank.py's opening definition (an SVD of all tokens) is the number its Gram-matrix streaming computes."""
+    g = torch.Generator().manual_seed(3)
+    d = 64
+    q, _ = torch.linalg.qr(torch.randn(d, d, generator=g, dtype=torch.float64))  # (d, d) a random rotation
+    scales = torch.logspace(0, -3, d, dtype=torch.float64)  # (d,) an uneven spectrum: three decades
+    h = (torch.randn(3000, d, generator=g, dtype=torch.float64) * scales) @ q + 5.0  # (N, d), off the origin
+    definition = erank_definition(h, kind)
+    assert definition == pytest.approx(reference_erank(h, kind), rel=1e-12)  # as written in numpy above
+    assert 1 < definition < d
+    assert erank(h, kind=kind) == pytest.approx(definition, rel=1e-9)
+    assert erank_streaming(lambda: chunks_of(h), kind=kind) == pytest.approx(definition, rel=1e-9)
+    acc = ERankAccumulator(d, kind=kind, mean=h.mean(0) if kind == "sq" else None)
+    for c in chunks_of(h):
+        acc.update(c)
+    assert acc.value() == pytest.approx(definition, rel=1e-9)
 
 def test_sq_accumulator_refuses_to_guess_the_mean():
     with pytest.raises(ValueError, match="mean"):
