@@ -75,30 +75,21 @@ def train_step(student: Student, teacher, micro_batches: list, cfg: Config, auto
     with torch.no_grad():
         leaves = leaf_copies(student.materialize())  # W_s = W_t P for every weight, once per step
     step_tokens = sum(t.numel() for t in micro_batches)
-    chunked = cfg.kd_chunk > 0  # the models stop at their final hidden states; the loss applies the LM heads
-    if chunked:  # cut to the tokenizer's vocabulary: Qwen pads its embedding with rows that are no tokens
-        with torch.no_grad():
-            t_head = unsharded(teacher.head_weight())[:vocab_size]                            # (V, D_t)
-        s_head = leaves.get("lm_head.weight", leaves["embed_tokens.weight"])[:vocab_size]  # (V, W)
+    full = cfg.kd_chunk == 0  # else the models stop at their final hidden states and the loss applies the LM heads
+    logit_loss = full_logit_loss(cfg, vocab_size) if full else chunked_logit_loss(cfg, vocab_size, teacher, leaves)
     logs = {}
     for tokens in micro_batches:
         # NOTE: no_grad, not inference_mode: inference tensors cannot be saved for the backward of the
         # clone terms (the mlp_out target is teacher output @ P_down, whose gradient needs that output).
         targets = TeacherTargets(cfg.clone_terms)
         with torch.no_grad(), autocast:
-            t_out = teacher(tokens, tap=targets.tap, head=not chunked)
+            t_out = teacher(tokens, tap=targets.tap, head=full)
         clone = CloneLoss(targets, teacher, student, cfg.clone_terms, cfg.clone_loss)
         with autocast:
-            s_out = student(tokens, tap=clone.tap, weights=leaves, head=not chunked, recompute=cfg.recompute)
-        if chunked:
-            kd, ce, kl = chunked_ce_kl(s_out, s_head, t_out, t_head, tokens, cfg.kl_temperature,
-                                       cfg.kl_reduction, cfg.kd_chunk)
-        else:  # the padded vocabulary cut as above (torchtune #2598)
-            s_logits, t_logits = s_out[..., :vocab_size], t_out[..., :vocab_size]
-            ce, kl = ce_loss(s_logits, tokens), kl_loss(s_logits, t_logits, cfg.kl_temperature, cfg.kl_reduction)
-            kd = ce + kl
+            s_out = student(tokens, tap=clone.tap, weights=leaves, head=full, recompute=cfg.recompute)
+        kd, ce, kl = logit_loss(s_out, t_out, tokens)  # kd = CE + KL
         terms = {"ce": ce, "kl": kl, "clone": clone.total()}
-        loss = kd + cfg.alpha * terms["clone"]
+        loss = kd + cfg.alpha * terms["clone"]  # L = CE + KL + alpha sum MSE (METHOD §2.3)
         # gradient accumulation normalised by token count: the step's loss is a token-weighted mean
         (loss * tokens.numel() / step_tokens).backward()
         for name, value in {"loss": loss, **terms, **clone.loss}.items():
@@ -112,6 +103,31 @@ def train_step(student: Student, teacher, micro_batches: list, cfg: Config, auto
             logs["orth"] += value.item()
         logs["loss"] += cfg.orth_reg * logs["orth"]
     return logs
+
+
+def full_logit_loss(cfg: Config, vocab_size: int):
+    """The plain CE and KL(T), from both models' full logits: a function (s_logits, t_logits, tokens) ->
+    (CE + KL, CE, KL), the logits (B, T, V) cut to the tokenizer's vocabulary."""
+    def loss(s_logits, t_logits, tokens):
+        # cut: Qwen pads its embedding with rows that are no tokens (torchtune #2598)
+        s_logits, t_logits = s_logits[..., :vocab_size], t_logits[..., :vocab_size]  # (B, T, V)
+        ce, kl = ce_loss(s_logits, tokens), kl_loss(s_logits, t_logits, cfg.kl_temperature, cfg.kl_reduction)
+        return ce + kl, ce, kl
+    return loss
+
+
+def chunked_logit_loss(cfg: Config, vocab_size: int, teacher, leaves: dict):
+    """The same (CE + KL, CE, KL) from the final hidden states (B, T, W) and (B, T, D_t) and this step's LM
+    heads, --kd-chunk tokens at a time (kd_loss.chunked_ce_kl): neither model's (tokens, V) logits are held.
+    Only CE + KL carries gradients (the two are computed together)."""
+    with torch.no_grad():  # cut to the tokenizer's vocabulary, as full_logit_loss does
+        t_head = unsharded(teacher.head_weight())[:vocab_size]                            # (V, D_t)
+    s_head = leaves.get("lm_head.weight", leaves["embed_tokens.weight"])[:vocab_size]  # (V, W)
+
+    def loss(s_hidden, t_hidden, tokens):
+        return chunked_ce_kl(s_hidden, s_head, t_hidden, t_head, tokens, cfg.kl_temperature, cfg.kl_reduction,
+                             cfg.kd_chunk)
+    return loss
 
 
 def validate(model, windows: torch.Tensor, sources: list[int], names: list[str],
