@@ -12,6 +12,10 @@ rename; only then are older checkpoints deleted. A kill at any instant therefore
 `checkpoint-*/`, and `latest_checkpoint` takes the newest; `clean` removes the leftovers of a kill on the next
 start, and `truncate_metrics` drops metric lines written after the checkpoint a run resumes from.
 
+distill.py's setup ends here: `restore_run` continues a run from its newest checkpoint (--resume, after
+`check_same_teacher`), `start_run` begins one afresh and writes config.json last, so a run exists only once
+its step-0 checkpoint does.
+
 Builds on student.py (the state it saves) and cli.py.
 Run as: imported by distill.py.
 """
@@ -148,6 +152,40 @@ def start_afresh(run_dir: str):
         if CHECKPOINT.fullmatch(name) or name.startswith(".checkpoint-") or name in ("config.json", "metrics.jsonl"):
             path = os.path.join(run_dir, name)
             shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+
+
+def check_same_teacher(run_dir: str, teacher: str, teacher_fp: str):
+    """--resume: RunError unless `teacher` has the fingerprint the run's config.json recorded when it started
+    (checked before the teacher's weights are loaded)."""
+    if cli.read_json(os.path.join(run_dir, "config.json")).get("teacher_fingerprint") != teacher_fp:
+        raise RunError(f"{teacher}: not the teacher this run was started with (its weights differ) - resume "
+                       "with the run's teacher, or start a new run")
+
+
+def restore_run(run_dir: str, student, optimizer, stream, config: dict, rank: int) -> int:
+    """--resume: the student, AdamW state and data position of the newest checkpoint (rank 0 removes what a kill
+    left first); then rank 0 drops the metric lines after it and writes `config` over config.json (only the
+    settings run_config.MAY_CHANGE lists can differ). Returns the step to continue from."""
+    if rank == 0:
+        clean(run_dir)
+    state = load_checkpoint(latest_checkpoint(run_dir), student, optimizer)
+    stream.load_state_dict(state["data"])
+    if rank == 0:
+        truncate_metrics(run_dir, state["step"])
+        saved = cli.read_json(os.path.join(run_dir, "config.json"))
+        cli.write_json(os.path.join(run_dir, "config.json"), saved | config)
+    return state["step"]
+
+
+def start_run(run_dir: str, student, optimizer, stream, config: dict, rank: int) -> int:
+    """A fresh run, written by rank 0: nothing of an earlier one survives but sample caches (start_afresh, which
+    removes a kill's leftovers too), then the step-0 checkpoint, then `config` as config.json, last: from here
+    on, a run exists. Returns step 0."""
+    if rank == 0:
+        start_afresh(run_dir)
+        save_checkpoint(run_dir, 0, student, optimizer, {"data": stream.state_dict()})
+        cli.write_json(os.path.join(run_dir, "config.json"), config)
+    return 0
 
 
 def truncate_metrics(run_dir: str, step: int):

@@ -1,8 +1,9 @@
 """Distil a narrow student from a wide teacher: Low-Rank Clone's KD loop with RED's channel-selection init.
 
-One flat loop, as nanoGPT's train.py: setup (the configuration resolved once by run_config.py, teacher, data,
-init or resume), then data -> teacher forward (frozen, no grad, a tap records the clone targets) -> student
-forward on the materialised weights -> loss (kd_loss.py) -> step -> log -> validate -> checkpoint. Validation
+One flat loop, as nanoGPT's train.py: setup (open the run: run_config.open_run; teacher, data, student init,
+optimizer; restore or start the run directory: checkpoint.py), then data -> teacher forward (frozen, no grad, a
+tap records the clone targets) -> student forward on the materialised weights -> loss (kd_loss.py) -> step ->
+log -> validate -> checkpoint. Validation
 and the final summary are erank.measure_model on the held-out windows, every time the same way (METHOD §4.2):
 perplexity (overall and per source), per-layer residual eRank, and each projection's singular values.
 
@@ -52,8 +53,8 @@ from init_select import InitError, init_projections, read_init
 from kd_loss import CloneLoss, TeacherTargets, ce_loss, chunked_ce_kl, kl_loss, orthogonality_penalty
 from load_weights import LoadError, fingerprint, load_model, read_config, save_model
 from model import ContextError
-from run_config import Config, flag_parser, resolve_config
-from sources import DataError, parse_spec
+from run_config import Config, flag_parser, open_run
+from sources import DataError
 from student import (Student, StudentError, all_reduce_grads, backward_through, check_width, leaf_copies,
                      shard_teacher, state_shapes, unsharded)
 from tokenizer import TokenizerError, load_tokenizer
@@ -168,36 +169,39 @@ class Run:
 
 
 def setup(given: dict) -> Run:
-    """Distributed init, configuration, checks, teacher, data, init (or resume): everything before step 1."""
+    """Everything before step 1: open the run, load the teacher and the data, make the student and its optimizer,
+    then continue the run from its newest checkpoint (--resume) or start it afresh."""
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-    resume, overwrite = given.pop("resume", False), given.pop("overwrite", False)
-    if resume and overwrite:
-        raise RunError("--resume continues a run and --overwrite replaces it - pass one of them")
-    cfg = resolve_config(given, resume)
-    files = [name for name, _ in map(parse_spec, cfg.data) if os.path.exists(name)]
-    ckpt.check_run_paths(cfg.out, cfg.run_dir, {"--teacher": cfg.teacher, "--data": files,
-                         "--init": cfg.init if cfg.init.endswith(".safetensors") else None}, resume, overwrite)
-    # an existing run directory is locked at once (a second run on it is refused before any work)
-    lock = ckpt.lock(cfg.run_dir) if rank == 0 and os.path.isdir(cfg.run_dir) else None
-    if cfg.fsdp and world == 1:
-        raise RunError("--fsdp shards the teacher over several processes - launch with torchrun "
-                       "--nproc_per_node N (N >= 2), or drop --fsdp")
-    if cfg.batch_size % world:
-        raise RunError(f"--batch-size {cfg.batch_size} does not split over {world} ranks - use a multiple")
-    if world > 1:
-        dist.init_process_group("nccl" if cfg.device.startswith("cuda") else "gloo")
-        if cfg.device.startswith("cuda"):
-            cfg.device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
-            torch.cuda.set_device(cfg.device)
+    cfg, resume, lock = open_run(given, rank, world)  # configuration, checks, the run's lock, the process group
     torch.manual_seed(cfg.seed)
     on_gpu = cfg.device.startswith("cuda")
     # bf16 autocast for training on GPU; fp32 on CPU (no bf16 matmul hardware here: 6-300x slower)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if on_gpu else torch.autocast("cpu", enabled=False)
-    read_config(cfg.teacher)  # a missing or broken teacher is named before its weights are read
+    teacher, tok, teacher_fp = load_teacher(cfg, resume)
+    data, stream, val = load_data(cfg, tok, teacher, teacher_fp, rank, world)
+    student, info = make_student(cfg, teacher, data, teacher_fp, resume)
+    optimizer = torch.optim.AdamW(student.parameters(), lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0)
+    if rank == 0:  # a run directory that did not exist at open_run is made and locked now
+        lock = lock or ckpt.lock(cfg.run_dir)  # held until the process exits
+    if resume:
+        start = ckpt.restore_run(cfg.run_dir, student, optimizer, stream, dataclasses.asdict(cfg), rank)
+    else:
+        start = ckpt.start_run(cfg.run_dir, student, optimizer, stream, dataclasses.asdict(cfg) | {
+            "teacher_fingerprint": teacher_fp, "world_size": world, "teacher_args": vars(teacher.args),
+            "init_info": info}, rank)
+    log = print if rank == 0 else (lambda *a, **k: None)
+    log("config: " + json.dumps(dataclasses.asdict(cfg)))
+    return Run(cfg, rank, world, teacher, tok, student, optimizer, stream, val, start, autocast, log, lock)
+
+
+def load_teacher(cfg: Config, resume: bool) -> tuple:
+    """The frozen teacher (sharded over the ranks under --fsdp), its tokenizer and its fingerprint. A missing or
+    broken teacher is named before its weights are read; --resume refuses a teacher other than the run's."""
+    read_config(cfg.teacher)
     teacher_fp = fingerprint(cfg.teacher)
-    if resume and cli.read_json(os.path.join(cfg.run_dir, "config.json")).get("teacher_fingerprint") != teacher_fp:
-        raise RunError(f"{cfg.teacher}: not the teacher this run was started with (its weights differ) - resume "
-                       "with the run's teacher, or start a new run")
+    if resume:
+        ckpt.check_same_teacher(cfg.run_dir, cfg.teacher, teacher_fp)
+    on_gpu = cfg.device.startswith("cuda")
     teacher = load_model(cfg.teacher, device="cpu" if cfg.fsdp else cfg.device,
                          dtype=torch.bfloat16 if on_gpu else torch.float32)
     teacher.requires_grad_(False)
@@ -211,6 +215,12 @@ def setup(given: dict) -> Run:
     if tok.vocab_size > teacher.args.vocab_size:
         raise RunError(f"{cfg.teacher}: tokenizer has {tok.vocab_size} ids but the embedding only "
                        f"{teacher.args.vocab_size} rows - the tokenizer does not belong to this model")
+    return teacher, tok, teacher_fp
+
+
+def load_data(cfg: Config, tok, teacher, teacher_fp: str, rank: int, world: int) -> tuple:
+    """The training data, this rank's stream of batches, and the held-out windows to validate on: (windows
+    (N, T) on the device, the source index of each, the source names)."""
     # self:N data: rank 0 samples and caches it while the others wait; under --fsdp every rank samples in
     # lockstep (the sharded teacher needs all of them) and writes the identical cache atomically
     wait_for_rank0 = world > 1 and not cfg.fsdp
@@ -224,41 +234,18 @@ def setup(given: dict) -> Run:
     windows, sources = held_out(data, cfg.val_windows)
     if not len(windows):
         raise RunError("no held-out windows to validate on - add data or raise --val-fraction")
-    if resume:  # the state comes from the checkpoint: no init to compute, no init file needed any more
-        proj_shapes, norm_shapes = state_shapes(teacher.args, cfg.width)
-        placeholders = lambda shapes: {name: torch.zeros(shape) for name, shape in shapes.items()}
-        student, info = Student(teacher, cfg.width, placeholders(proj_shapes), placeholders(norm_shapes)), {}
-    else:
-        student, info = make_student(cfg, teacher, data, teacher_fp)
-    optimizer = torch.optim.AdamW(student.parameters(), lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0)
-    if rank == 0:
-        lock = lock or ckpt.lock(cfg.run_dir)  # held until the process exits
-        ckpt.clean(cfg.run_dir)
-    start = 0
-    if resume:
-        state = ckpt.load_checkpoint(ckpt.latest_checkpoint(cfg.run_dir), student, optimizer)
-        stream.load_state_dict(state["data"])
-        start = state["step"]
-        if rank == 0:
-            ckpt.truncate_metrics(cfg.run_dir, start)
-            saved = cli.read_json(os.path.join(cfg.run_dir, "config.json"))  # what may change (MAY_CHANGE) did
-            cli.write_json(os.path.join(cfg.run_dir, "config.json"), saved | dataclasses.asdict(cfg))
-    elif rank == 0:  # a fresh run: nothing of an earlier one survives but sample caches
-        ckpt.start_afresh(cfg.run_dir)
-        ckpt.save_checkpoint(cfg.run_dir, 0, student, optimizer, {"data": stream.state_dict()})
-        config = dataclasses.asdict(cfg) | {"teacher_fingerprint": teacher_fp, "world_size": world,
-                                            "teacher_args": vars(teacher.args), "init_info": info}
-        cli.write_json(os.path.join(cfg.run_dir, "config.json"), config)  # last: from here on, a run exists
-    log = print if rank == 0 else (lambda *a, **k: None)
-    log("config: " + json.dumps(dataclasses.asdict(cfg)))
     names = [os.path.basename(s.name) for s in data.sources]  # per-source perplexity keys: val_ppl/<name>
-    return Run(cfg, rank, world, teacher, tok, student, optimizer, stream, (windows.to(cfg.device), sources, names),
-               start, autocast, log, lock)
+    return data, stream, (windows.to(cfg.device), sources, names)
 
 
-def make_student(cfg: Config, teacher, data, teacher_fp: str) -> tuple[Student, dict]:
+def make_student(cfg: Config, teacher, data, teacher_fp: str, resume: bool = False) -> tuple[Student, dict]:
     """The step-0 student: from an init file, or computed by init_select on calibration windows drawn from the
-    training data (the same on every rank)."""
+    training data (the same on every rank). Under --resume, zeros of its shapes that the checkpoint overwrites:
+    no init to compute, no init file needed any more."""
+    if resume:
+        proj_shapes, norm_shapes = state_shapes(teacher.args, cfg.width)
+        zeros = lambda shapes: {name: torch.zeros(shape) for name, shape in shapes.items()}
+        return Student(teacher, cfg.width, zeros(proj_shapes), zeros(norm_shapes)), {}
     if cfg.init.endswith(".safetensors"):
         student, info = read_init(cfg.init, teacher, teacher_fp)
         if student.args.dim != cfg.width:

@@ -6,8 +6,11 @@ the defaults below < the preset (`--preset red`: select init with RED's importan
 < the flags the user typed. Under --resume a flag that contradicts the run is refused unless it is in
 MAY_CHANGE; flags not typed are taken from the run, so `python distill.py --out DIR --resume` continues it.
 The teacher defaults to the example teacher, the width to half the teacher's, the paths to out/<preset>-w<W>.
+`open_run` is a run's first act: the Config resolved and checked against the run directory and the launch (the
+lock, --fsdp and --batch-size against the ranks, the torchrun process group) before anything is loaded.
 
-Builds on init_select.py (init flags), kd_loss.py (term names), load_weights.py, student.py and cli.py.
+Builds on init_select.py (init flags), kd_loss.py (term names), checkpoint.py (the run directory's checks and
+lock), sources.py (which --data are files), load_weights.py, student.py and cli.py.
 Run as: imported by distill.py (python distill.py --help lists every flag).
 """
 import argparse
@@ -15,11 +18,16 @@ import dataclasses
 import os
 from dataclasses import dataclass, field
 
+import torch
+import torch.distributed as dist
+
+import checkpoint as ckpt
 import cli
 from checkpoint import RunError
 from init_select import KINDS, add_init_arguments
 from kd_loss import CLONE_LOSSES, CLONE_TERMS, KL_REDUCTIONS
 from load_weights import read_config
+from sources import parse_spec
 from student import default_width
 
 PRESETS = {"red": dict(init="select", importance="red", kl_temperature=1.0, alpha=0.2),
@@ -160,6 +168,35 @@ def resolve_config(given: dict, resume: bool) -> Config:
     values["warmup"] = max(1, round(0.005 * values["steps"])) if values["warmup"] is None else values["warmup"]
     values["device"] = values["device"] or cli.default_device()
     return Config(**values)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Opening a run: the Config checked against the run directory and the launch, before anything is loaded
+
+def open_run(given: dict, rank: int, world: int) -> tuple[Config, bool, object]:
+    """The run's Config from the flags, checked before any work: --resume or --overwrite (not both), the paths
+    (checkpoint.check_run_paths), --fsdp and --batch-size against the ranks; an existing run directory is
+    locked at once, so a second run on it is refused here. Then a torchrun launch joins its process group, each
+    rank on its own GPU. Returns (cfg, resume, the lock: None on ranks > 0 or while the directory is not made)."""
+    resume, overwrite = given.pop("resume", False), given.pop("overwrite", False)
+    if resume and overwrite:
+        raise RunError("--resume continues a run and --overwrite replaces it - pass one of them")
+    cfg = resolve_config(given, resume)
+    files = [name for name, _ in map(parse_spec, cfg.data) if os.path.exists(name)]
+    ckpt.check_run_paths(cfg.out, cfg.run_dir, {"--teacher": cfg.teacher, "--data": files,
+                         "--init": cfg.init if cfg.init.endswith(".safetensors") else None}, resume, overwrite)
+    lock = ckpt.lock(cfg.run_dir) if rank == 0 and os.path.isdir(cfg.run_dir) else None
+    if cfg.fsdp and world == 1:
+        raise RunError("--fsdp shards the teacher over several processes - launch with torchrun "
+                       "--nproc_per_node N (N >= 2), or drop --fsdp")
+    if cfg.batch_size % world:
+        raise RunError(f"--batch-size {cfg.batch_size} does not split over {world} ranks - use a multiple")
+    if world > 1:
+        dist.init_process_group("nccl" if cfg.device.startswith("cuda") else "gloo")
+        if cfg.device.startswith("cuda"):
+            cfg.device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
+            torch.cuda.set_device(cfg.device)
+    return cfg, resume, lock
 
 
 def example_teacher() -> str:
