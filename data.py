@@ -31,8 +31,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from sources import (TEXT_EXTENSIONS, DataError, builtin_documents, check_source, is_token_file, load_self,
-                     parse_spec, read_documents, read_tokens, write_tokens)
+from sources import (TEXT_EXTENSIONS, DataError, builtin_documents, check_source, is_token_file,
+                     is_token_sidecar, load_self, parse_spec, read_documents, read_tokens, write_tokens)
 
 
 @dataclass
@@ -202,14 +202,27 @@ class Batches:
         return {"seed": self.seed, "epoch": self.epoch, "cursor": self.cursor, "draws": list(self.draws)}
 
     def load_state_dict(self, state: dict):
-        """Continue from a saved position; the data and seed must be those of the saved run."""
-        if state.get("seed") != self.seed:
-            raise DataError(f"data state was saved with seed {state.get('seed')}, this run has {self.seed} - "
+        """Continue from a saved position; the data and seed must be those of the saved run. Every field is
+        checked first (a cursor past the epoch would make next() wait forever for windows that never come), so
+        a damaged state is one DataError and the stream is left as it was."""
+        damaged = "the checkpoint's data state is damaged - resume from an intact checkpoint, or start afresh"
+        if not isinstance(state, dict) or not {"seed", "epoch", "cursor", "draws"} <= set(state):
+            raise DataError(f"{damaged} (it needs seed, epoch, cursor and draws)")
+        is_int = lambda v: type(v) is int  # not a bool, a float or a string
+        if not all(map(is_int, (state["seed"], state["epoch"], state["cursor"]))):
+            raise DataError(f"{damaged} (seed, epoch and cursor must be integers)")
+        if state["seed"] != self.seed:
+            raise DataError(f"data state was saved with seed {state['seed']}, this run has {self.seed} - "
                             "resume with the same --seed")
-        if state.get("draws") != self.draws:  # windows drawn per source and epoch: sizes, weights and split
-            raise DataError(f"data changed since the checkpoint (windows per epoch and source {state.get('draws')}, "
+        draws = state["draws"]
+        if not (isinstance(draws, list) and all(map(is_int, draws))) or draws != self.draws:
+            # windows drawn per source and epoch: sizes, weights and split
+            raise DataError(f"data changed since the checkpoint (windows per epoch and source {str(draws)[:80]}, "
                             f"now {self.draws}) - resume with the same --data, --seq-len and val fraction")
-        self.epoch, self.cursor = int(state["epoch"]), int(state["cursor"])
+        if not (state["epoch"] >= 0 and 0 <= state["cursor"] < self.epoch_len):
+            raise DataError(f"{damaged} (epoch {state['epoch']} must be >= 0 and cursor {state['cursor']} within "
+                            f"the epoch's {self.epoch_len} windows)")
+        self.epoch, self.cursor = state["epoch"], state["cursor"]
 
 
 def held_out(data: TokenData, limit: int | None = None) -> tuple[torch.Tensor, list[int]]:
@@ -242,9 +255,14 @@ def main(argv=None):
             if not args.out.endswith(".bin"):
                 raise DataError(f"--out {args.out}: not a .bin name - name a .bin file (its dtype goes to "
                                 "FILE.bin.json)")
+            # the .bin and its sidecar are both outputs: neither may be an input (a token file's sidecar is one
+            # too), and each replaces only what data.py wrote
             files = [parse_spec(d)[0] for d in args.data]
-            cli.check_outputs({"--data": [f for f in files if os.path.exists(f)], "--tokenizer": args.tokenizer},
-                              [cli.Output("--out", args.out, "file", is_token_file, "token file written by data.py")])
+            inputs = [p for f in files for p in (f, f + ".json") if os.path.exists(p)]
+            cli.check_outputs({"--data": inputs, "--tokenizer": args.tokenizer},
+                              [cli.Output("--out", args.out, "file", is_token_file, "token file written by data.py"),
+                               cli.Output("--out", args.out + ".json", "file", is_token_sidecar,
+                                          "sidecar written by data.py")])
         tok = load_tokenizer(args.tokenizer)
         data = load_sources(args.data, tok, args.seq_len, val_fraction=args.val_fraction, seed=args.seed)
         stream = Batches(data, 1)

@@ -35,6 +35,7 @@ import os
 import random
 import re
 import time
+from decimal import Decimal
 from fractions import Fraction
 
 import torch
@@ -45,13 +46,15 @@ from data import load_windows
 from erank import measure_model
 from load_weights import LoadError, load_model, read_config
 from model import ContextError, generate
-from problems import make_synthetic, qa_text
-from sources import DataError, read_text
+from problems import MAX_STEPS, MAX_VALUE, is_synthetic, make_synthetic, qa_text
+from sources import DataError, json_row, read_text
 from tokenizer import TokenizerError, load_tokenizer
 
 CHAT_INSTRUCTION = 'Solve the problem step by step. End your reply with "The answer is N." where N is the final number.'
 STOP_TEXT = "Question:"  # a base model that finished its answer goes on to invent the next exemplar
 STOP_WINDOW = 16         # tokens decoded per stop check: enough for "Question:" even one byte per token
+MAX_SET = 100_000        # --make-synthetic N: a benchmark set (GSM8K's test split has 1,319); with --ops at most
+                         # problems.MAX_STEPS the largest set is 10M steps, about a minute
 
 
 class EvalError(ValueError):
@@ -68,6 +71,7 @@ NUMBER = r"(?:(?<![\w.])[-−])?\$?[-−]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?
 ANSWER_IS = re.compile(r"the (?:final )?answer is\b[^\d\n−-]{0,20}?(" + NUMBER + ")", re.IGNORECASE)
 HASHES = re.compile(r"####\s*(" + NUMBER + ")")
 ANY_NUMBER = re.compile(NUMBER)
+NUMBER_RE = re.compile(r"-?\d+(?:\.\d+)?")  # a plain decimal, the only form parse_number hands to Decimal
 CALCULATOR = re.compile(r"<<[^>]*>>")  # GSM8K's calculator annotations "<<48/2=24>>"
 
 
@@ -78,7 +82,13 @@ def parse_number(text: str) -> Fraction | None:
     text = text.strip().replace("$", "").replace(",", "").replace("−", "-").rstrip(".")
     try:
         return Fraction(text)
-    except (ValueError, ZeroDivisionError):
+    except ZeroDivisionError:
+        return None
+    except ValueError:  # not a number, or one past int()'s 4300 digits, which Decimal reads exactly
+        pass
+    try:
+        return Fraction(Decimal(text)) if NUMBER_RE.fullmatch(text) and "/" not in text else None
+    except ArithmeticError:
         return None
 
 
@@ -108,8 +118,10 @@ def extract_answer(text: str) -> str | None:
 
 def gold_answer(answer) -> str | None:
     """A dataset answer ('... #### 72', '72' or 72) -> the normalised gold number, or None if there is none."""
-    if isinstance(answer, (int, float)) and not isinstance(answer, bool):  # JSON's true is an int in Python
-        return normalize_number(str(answer)) if math.isfinite(answer) else None  # JSON may carry NaN
+    if isinstance(answer, (int, float, Decimal)) and not isinstance(answer, bool):  # JSON's true is an int
+        # JSON may carry NaN; an integer past int()'s 4300 digits arrives as a Decimal (sources.json_row)
+        finite = answer.is_finite() if isinstance(answer, Decimal) else math.isfinite(answer)
+        return normalize_number(str(answer)) if finite else None
     if not isinstance(answer, str):
         return None
     # GSM8K's worked solution ends with "#### N"; everything before it is reasoning, not the answer
@@ -148,9 +160,9 @@ def read_items(path: str) -> list[dict]:
         if not line.strip():  # a trailing newline or a blank separator line is not an item
             continue
         try:
-            item = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise EvalError(f"{path}:{lineno}: not valid JSON ({e.msg}) - each line must be one JSON object")
+            item = json_row(line)  # ValueError for every kind of bad line, numbers of any length read exactly
+        except ValueError as e:
+            raise EvalError(f"{path}:{lineno}: not valid JSON ({e}) - each line must be one JSON object") from None
         if not isinstance(item, dict) or not isinstance(item.get("question"), str) or "answer" not in item:
             raise EvalError(f"{path}:{lineno}: needs a 'question' string and an 'answer' - GSM8K format")
         gold = gold_answer(item["answer"])
@@ -314,15 +326,26 @@ def write_jsonl(path: str, rows: list[dict]):
     cli.atomic_write(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows).encode())
 
 
+def first_row(path: str) -> dict:
+    """The first line of a JSONL file as a dict ({} when it is not one): how outputs recognise their kind
+    (cli.first_json_line, read through json_row, so no line can raise)."""
+    try:
+        with open(path, "rb") as f:
+            row = json_row(f.readline(1 << 24).decode("utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return row if isinstance(row, dict) else {}
+
+
 def is_predictions(path: str) -> bool:
-    """A predictions file written by --out (what --out may replace)."""
-    return "generation" in cli.first_json_line(path)
+    """A predictions file written by --out (what --out may replace): its rows have exactly these fields."""
+    return set(first_row(path)) == {"prompt", "gold", "generation", "extracted", "correct"}
 
 
 def is_problem_set(path: str) -> bool:
-    """A problem set in GSM8K format (what --make-synthetic --out may replace)."""
-    row = cli.first_json_line(path)
-    return "question" in row and "answer" in row and "generation" not in row
+    """A problem set --make-synthetic wrote (what --make-synthetic --out may replace): its first row replays
+    as problems.py's generator writes one. A user's GSM8K file, with the same two fields, is never replaced."""
+    return is_synthetic(first_row(path))
 
 
 def run(args):
@@ -330,7 +353,8 @@ def run(args):
     if args.make_synthetic is not None:
         if not args.out:
             raise EvalError("--make-synthetic needs --out FILE.jsonl - say where to write the problems")
-        cli.check_outputs({}, [cli.Output("--out", args.out, "file", is_problem_set, "problem set")])
+        cli.check_outputs({}, [cli.Output("--out", args.out, "file", is_problem_set,
+                                          "problem set written by --make-synthetic")])
         write_jsonl(args.out, make_synthetic(args.make_synthetic, args.ops, args.seed, args.max_value))
         print(f"wrote {args.make_synthetic} {args.ops}-step problems (seed {args.seed}) to {args.out}")
         return
@@ -371,6 +395,19 @@ def run(args):
               f"windows of {args.seq_len} tokens, packed as for training; each window's first token is context)")
 
 
+def int_in(low: int, high: int):
+    """argparse type: an integer in [low, high] (cli.int_at_least with a ceiling, checked before any work)."""
+    at_least = cli.int_at_least(low)
+
+    def parse(text: str) -> int:
+        value = at_least(text)
+        if value > high:
+            raise argparse.ArgumentTypeError(f"must be at most {high:,}, got {value}")
+        return value
+    parse.__name__ = "integer"
+    return parse
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="eval_reasoning.py", description="Chain-of-thought accuracy (GSM8K "
                                      "format), perplexity, and a synthetic arithmetic problem generator.")
@@ -388,12 +425,12 @@ def main(argv=None):
     parser.add_argument("--ppl", help="a data.py source (.txt .jsonl .bin .npy, pydoc, problems:N): perplexity")
     parser.add_argument("--seq-len", type=cli.int_at_least(2), default=512, help="perplexity window in tokens")
     parser.add_argument("--device", type=cli.device, default=cli.default_device())
-    parser.add_argument("--make-synthetic", type=cli.int_at_least(1), metavar="N", help="write N synthetic "
-                                                                                        "problems to --out")
-    parser.add_argument("--ops", type=cli.int_at_least(1), default=2, help="operations (reasoning steps) per "
-                                                                           "synthetic problem")
-    parser.add_argument("--max-value", type=cli.int_at_least(10), default=99, help="largest number in a "
-                                                                                   "synthetic problem")
+    parser.add_argument("--make-synthetic", type=int_in(1, MAX_SET), metavar="N", help="write N synthetic "
+                        f"problems to --out (at most {MAX_SET:,})")
+    parser.add_argument("--ops", type=int_in(1, MAX_STEPS), default=2, help="operations (reasoning steps) per "
+                        f"synthetic problem (at most {MAX_STEPS})")
+    parser.add_argument("--max-value", type=int_in(10, MAX_VALUE), default=99, help="largest number in a "
+                        f"synthetic problem (at most {MAX_VALUE:,})")
     args = cli.parse_args(parser, argv)
     torch.manual_seed(args.seed)  # greedy decoding draws nothing, but a sampling variant would
     print(json.dumps({k: v for k, v in vars(args).items() if v is not None}))  # the resolved config

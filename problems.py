@@ -13,8 +13,15 @@ Builds on nothing else in red (floor 1): the standard library only.
 Run as: imported (python eval_reasoning.py --make-synthetic N --ops K --out FILE writes a set).
 """
 import random
+import re
 
 PROBLEM_STEPS = (1, 2, 3, 4)  # the step counts of the mixed training set (`worked_problems`)
+# Bounds a command line checks before generating anything (a problem costs ~16 us per step): problems:N reads
+# at most a million (~1 minute, ~100-300M tokens, GBs of memory; more is a corpus to pack once with data.py
+# --out from real text), and a problem has at most 100 steps and numbers up to a billion
+MAX_PROBLEMS = 1_000_000
+MAX_STEPS = 100
+MAX_VALUE = 10 ** 9
 
 
 def qa_text(question: str, answer: str) -> str:
@@ -48,13 +55,14 @@ TEMPLATES = {
 }
 
 
-def feasible_ops(value: int, max_value: int) -> dict[str, list[int]]:
+def feasible_ops(value: int, max_value: int) -> dict[str, range | list[int]]:
     """Operation -> the operands b that keep every number in 1..max_value (b >= 2 reads naturally)."""
     # factors up to 5 and divisors up to 9: the multiplication table a small model can learn; division
     # only when it is exact and leaves at least 2, so every answer is a whole count
-    ops = {"+": list(range(2, max_value - value + 1)),
-           "-": list(range(2, value)),
-           "x": list(range(2, min(5, max_value // value) + 1)),
+    # ranges, not lists: a large max_value costs nothing (rng.choice draws from a range as from a list)
+    ops = {"+": range(2, max_value - value + 1),
+           "-": range(2, value),
+           "x": range(2, min(5, max_value // value) + 1),
            "/": [b for b in range(2, 10) if value % b == 0 and value // b >= 2]}
     return {op: bs for op, bs in ops.items() if bs}
 
@@ -83,6 +91,42 @@ def make_problem(rng: random.Random, steps: int, max_value: int = 99) -> dict:
     question.append(f"How many {obj} does {name} have now?")
     solution.append(f"#### {value}")
     return {"question": " ".join(question), "answer": "\n".join(solution)}
+
+
+STEP_LINE = re.compile(r"Step (\d+): .+, so (\d+) ([-+x/]) (\d+) = (\d+)\.")
+
+
+def is_synthetic(row) -> bool:
+    """Whether a JSONL row is a problem exactly as make_problem writes it (names, objects, every step's
+    arithmetic re-done): how eval_reasoning.py --make-synthetic recognises a set it may replace, where a
+    user's GSM8K file, of the same two fields, is never one."""
+    try:
+        return _replays(row)
+    except ValueError:  # a number past Python's int() limit of 4300 digits: nothing red wrote
+        return False
+
+
+def _replays(row) -> bool:
+    if not (isinstance(row, dict) and set(row) == {"question", "answer"}
+            and all(isinstance(v, str) for v in row.values())):
+        return False
+    lines = row["answer"].split("\n")
+    start = re.fullmatch(r"(\w+) starts with (\d+) ([a-z ]+)\.", lines[0])
+    if not (start and start[1] in NAMES and start[3] in OBJECTS and len(lines) >= 3):
+        return False
+    name, value, obj = start[1], int(start[2]), start[3]
+    if not (row["question"].startswith(f"{name} has {value} {obj}. ")
+            and row["question"].endswith(f" How many {obj} does {name} have now?")):
+        return False
+    for i, line in enumerate(lines[1:-1], 1):
+        step = STEP_LINE.fullmatch(line)
+        if not step or int(step[1]) != i or int(step[2]) != value:
+            return False
+        a, op, b, c = int(step[2]), step[3], int(step[4]), int(step[5])
+        if b == 0 or c != {"+": a + b, "-": a - b, "x": a * b, "/": a // b}[op]:
+            return False
+        value = c
+    return lines[-1] == f"#### {value}"
 
 
 def make_synthetic(n: int, steps: int, seed: int, max_value: int = 99) -> list[dict]:

@@ -21,6 +21,7 @@ Run as: imported by data.py (python data.py --tokenizer DIR --data SOURCE ... pr
 import json
 import math
 import os
+from decimal import Decimal
 
 import numpy as np
 import torch
@@ -28,11 +29,13 @@ from tqdm import tqdm
 
 import cli
 from model import generate
-from problems import qa_text, worked_problems
+from problems import MAX_PROBLEMS, qa_text, worked_problems
 
 TEXT_EXTENSIONS = (".txt", ".jsonl")
 TOKEN_EXTENSIONS = (".bin", ".npy")
 MAX_WEIGHT = 100.0
+MAX_SELF = 1_000_000  # self:N sequences (each a teacher sample of --seq-len tokens)
+TOKEN_DTYPES = ("uint16", "uint32")
 
 
 class DataError(ValueError):
@@ -47,10 +50,17 @@ def parse_spec(spec: str) -> tuple[str, float]:
     head, sep, tail = spec.rpartition(":")
     is_weight = sep and head and _is_number(tail) and not os.path.exists(spec)
     if spec.split(":")[0] in ("self", "problems"):  # self:N[:W], problems:N[:W]
-        kind, n, *rest = spec.split(":") + [""]
-        if not (n.isdigit() and int(n) > 0):
+        kind, n, *rest = spec.split(":")
+        most = MAX_PROBLEMS if kind == "problems" else MAX_SELF
+        # ASCII digits ("²".isdigit() too), few enough that int() is instant (it refuses 4300 and more)
+        if not (n.isascii() and n.isdigit() and len(n) <= 20 and int(n) > 0):
             raise DataError(f"{spec}: {kind}:N needs a positive integer N, e.g. {kind}:256")
-        name, weight = f"{kind}:{int(n)}", rest[0] or "1"
+        if int(n) > most:
+            raise DataError(f"{spec}: at most {kind}:{most:,} ({kind}:N is made in memory, before training) - "
+                            f"lower N, or weight it to see it more often ({kind}:{most}:2 is every one twice)")
+        if len(rest) > 1 or rest == [""]:
+            raise DataError(f"{spec}: expected {kind}:N or {kind}:N:WEIGHT - e.g. {kind}:{int(n)}:0.5")
+        name, weight = f"{kind}:{int(n)}", rest[0] if rest else "1"
     else:
         name, weight = (head, tail) if is_weight else (spec, "1")
     w = float(weight) if _is_number(weight) else float("nan")
@@ -66,6 +76,25 @@ def _is_number(text: str) -> bool:
         return True
     except ValueError:
         return False
+
+
+def json_row(line: str):
+    """One JSON value (a line of a .jsonl file, a sidecar); every way it can be bad is a ValueError with a short
+    message: integers past Python's int() limit (4300 digits) are read as exact Decimals instead of raising,
+    and nesting too deep for the parser is refused."""
+    try:
+        return json.loads(line, parse_int=_json_int)
+    except json.JSONDecodeError as e:
+        raise ValueError(e.msg) from None
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
+
+
+def _json_int(text: str) -> int | Decimal:
+    try:
+        return int(text)
+    except ValueError:  # more digits than int() converts
+        return Decimal(text)
 
 
 def read_text(path: str) -> str:
@@ -92,9 +121,9 @@ def read_documents(path: str) -> list[str]:
         if not line.strip():
             continue
         try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{path}:{lineno}: malformed JSON ({e.msg}) - fix or delete that line") from None
+            row = json_row(line)
+        except ValueError as e:
+            raise DataError(f"{path}:{lineno}: malformed JSON ({e}) - fix or delete that line") from None
         if isinstance(row, dict) and isinstance(row.get("text"), str):
             docs.append(row["text"])
         elif isinstance(row, dict) and isinstance(row.get("question"), str) and isinstance(row.get("answer"), str):
@@ -136,17 +165,30 @@ def token_dtype(vocab_size: int) -> np.dtype:
 
 
 def read_sidecar(path: str) -> dict:
-    """FILE.json next to a .bin/.npy file, or {} when there is none."""
+    """FILE.json next to a .bin/.npy file, or {} when there is none; its known fields checked (others are kept
+    for whoever reads them: the sidecar is a JSON object of named fields)."""
     side = path + ".json"
     if not os.path.isfile(side):
         return {}
+    return _sidecar(side)
+
+
+def _sidecar(side: str) -> dict:
     try:
-        with open(side, encoding="utf-8") as f:
-            meta = json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError):
+        with open(side, "rb") as f:
+            meta = json_row(f.read().decode("utf-8"))
+    except (ValueError, UnicodeDecodeError):  # UnicodeDecodeError is a ValueError too; named for the reader
         meta = None
     if not isinstance(meta, dict):
-        raise DataError(f"{side}: not a JSON object - delete it, or write {{\"dtype\": \"uint16\"}}")
+        raise DataError(f"{side}: not a JSON object - delete it and write the data again with python data.py "
+                        "--out")
+    if "dtype" in meta and meta["dtype"] not in TOKEN_DTYPES:
+        raise DataError(f"{side}: dtype {str(meta['dtype'])[:40]!r} is not a token dtype - use \"uint16\" or "
+                        "\"uint32\"")
+    for key in ("tokens", "vocab_size", "documents"):  # counts: a bool, float or string is a damaged sidecar
+        if key in meta and not (type(meta[key]) is int and meta[key] >= 0):
+            raise DataError(f"{side}: {key} {str(meta[key])[:40]!r} is not a count - write the data again with "
+                            "python data.py --out")
     return meta
 
 
@@ -156,21 +198,33 @@ def read_tokens(path: str, vocab_size: int) -> tuple[np.ndarray, dict]:
     if path.endswith(".npy"):
         try:
             tokens = np.load(path, mmap_mode="r")
-        except (ValueError, OSError) as e:
+        except (ValueError, OSError, EOFError) as e:
             raise DataError(f"{path}: not a .npy array ({str(e)[:80]}) - save it with numpy.save") from None
+        if not isinstance(tokens, np.ndarray):  # an .npz archive under a .npy name
+            raise DataError(f"{path}: an .npz archive, not one array - save the ids with numpy.save")
         if tokens.ndim != 1 or tokens.dtype.kind not in "ui":
             raise DataError(f"{path}: holds a {tokens.dtype} array of shape {tokens.shape} - "
                             "pre-tokenised data is one 1-D integer array")
     else:
-        if "dtype" not in meta:  # uint16 and uint32 files look alike: a wrong guess silently trains on noise
-            raise DataError(f"{path}: no {os.path.basename(path)}.json saying its dtype - write one, e.g. "
-                            f"echo '{{\"dtype\": \"{token_dtype(vocab_size).name}\"}}' > {path}.json")
-        if meta["dtype"] not in ("uint16", "uint32"):
-            raise DataError(f"{path}.json: dtype {meta['dtype']!r} - use \"uint16\" or \"uint32\"")
+        # uint16 and uint32 files look alike: a uint32 file read as uint16 is noise of a plausible size, so a
+        # .bin needs both its dtype and its id count, and bytes = count x itemsize. Every sidecar red ever wrote
+        # has both; one without a count was written by hand, and is refused rather than trusted
+        if "dtype" not in meta:
+            raise DataError(f"{path}: no {os.path.basename(path)}.json saying its dtype and id count - write one, "
+                            f"e.g. {{\"dtype\": \"{token_dtype(vocab_size).name}\", \"tokens\": <ids in the file>}}, "
+                            "or pack the text again with python data.py --out")
         size, dtype = os.path.getsize(path), np.dtype(meta["dtype"])
         if size % dtype.itemsize:
             raise DataError(f"{path}: {size} bytes is not a whole number of {dtype} ids - the file is truncated "
                             f"or not {dtype}")
+        if "tokens" not in meta:
+            raise DataError(f"{path}.json: says dtype {dtype} but not how many ids (\"tokens\") - add \"tokens\": "
+                            "<ids in the file> (a wrong dtype then shows), or pack the text again with python "
+                            "data.py --out")
+        if size // dtype.itemsize != meta["tokens"]:
+            raise DataError(f"{path}: holds {size // dtype.itemsize} ids, its sidecar says {meta['tokens']} "
+                            f"({size:,} bytes as {dtype}) - the file is truncated, was replaced or is not {dtype}; "
+                            "write it again")
         tokens = np.memmap(path, dtype=dtype, mode="r")
     if "tokens" in meta and meta["tokens"] != len(tokens):
         raise DataError(f"{path}: holds {len(tokens)} ids, its sidecar says {meta['tokens']} - the file is "
@@ -181,7 +235,8 @@ def read_tokens(path: str, vocab_size: int) -> tuple[np.ndarray, dict]:
     # NOTE: one pass over the file; ids beyond the vocab mean another tokenizer, which would otherwise surface
     # as an index error deep inside the embedding
     if len(tokens) and (int(tokens.max()) >= vocab_size or int(tokens.min()) < 0):
-        raise DataError(f"{path}: token id {int(tokens.max())} is outside the vocab of {vocab_size} - "
+        bad = int(tokens.max()) if int(tokens.max()) >= vocab_size else int(tokens.min())
+        raise DataError(f"{path}: token id {bad} is outside the vocab of {vocab_size} - "
                         "tokenised with another tokenizer?")
     return tokens, meta
 
@@ -193,12 +248,24 @@ def write_tokens(path: str, tokens: np.ndarray, *, vocab_size: int, **meta):
     cli.write_json(path + ".json", dict(meta, dtype=dtype.name, vocab_size=vocab_size, tokens=len(tokens)))
 
 
-def is_token_file(path: str) -> bool:
-    """A .bin written by write_tokens (its sidecar names a dtype): what data.py --out may replace."""
+def is_token_sidecar(side: str) -> bool:
+    """A FILE.bin.json as write_tokens writes it (dtype, vocab_size and tokens, all valid): what data.py --out
+    may replace. A hand-written {"dtype": ...} is the user's and is not."""
     try:
-        return "dtype" in read_sidecar(path)
-    except DataError:
+        meta = _sidecar(side)
+    except (DataError, OSError):
         return False
+    return {"dtype", "vocab_size", "tokens"} <= set(meta)
+
+
+def is_token_file(path: str) -> bool:
+    """A .bin written by write_tokens: its sidecar is one and its size is its count of ids (what data.py --out
+    may replace; a .bin without such a sidecar is not red's)."""
+    side = path + ".json"
+    if not (os.path.isfile(path) and os.path.isfile(side) and is_token_sidecar(side)):
+        return False
+    meta = _sidecar(side)
+    return os.path.getsize(path) == meta["tokens"] * np.dtype(meta["dtype"]).itemsize
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -251,7 +251,7 @@ def _error_cases(tmp_path):
     odd_with_sidecar = write(t / "odd2.bin", b"\x05\x00\x06")
     write(t / "odd2.bin.json", '{"dtype": "uint16"}')
     far_with_sidecar = write(t / "far.bin", np.array([5, 300] * 40, dtype=np.uint16).tobytes())
-    write(t / "far.bin.json", '{"dtype": "uint16"}')
+    write(t / "far.bin.json", '{"dtype": "uint16", "tokens": 80}')  # a count: a hand-written sidecar needs one
     return [
         ([str(t / "missing.txt")], "missing.txt", "no such file"),
         ([write(t / "empty.jsonl", "")], "empty.jsonl", "empty"),
