@@ -71,10 +71,19 @@ def get_lr(step: int, *, lr: float, warmup: int, steps: int) -> float:
     return lr * max(0.0, (steps - step) / max(1, steps - warmup))
 
 
-def train_step(student: Student, teacher, micro_batches: list, cfg: Config, autocast, vocab_size: int) -> dict:
+class PlainStep:
+    """The pieces of the method as written: fp32 weights W_t P, the chain rule back through them by autograd,
+    the clone terms as plain expressions. (lean.LeanStep: the same step, with pieces that hold less.)"""
+    materialize = staticmethod(Student.materialize)
+    backward = staticmethod(backward_through)
+    clone_loss = CloneLoss
+
+
+def train_step(student: Student, teacher, micro_batches: list, cfg: Config, autocast, vocab_size: int,
+               step=PlainStep) -> dict:
     """Forward/backward every micro-batch against one materialisation; leaves the grads on the projections."""
     with torch.no_grad():
-        leaves = leaf_copies(student.materialize())  # W_s = W_t P for every weight, once per step
+        leaves = leaf_copies(step.materialize(student))  # W_s = W_t P for every weight, once per step
     step_tokens = sum(t.numel() for t in micro_batches)
     full = cfg.kd_chunk == 0  # else the models stop at their final hidden states and the loss applies the LM heads
     logit_loss = full_logit_loss(cfg, vocab_size) if full else chunked_logit_loss(cfg, vocab_size, teacher, leaves)
@@ -85,7 +94,7 @@ def train_step(student: Student, teacher, micro_batches: list, cfg: Config, auto
         targets = TeacherTargets(cfg.clone_terms)
         with torch.no_grad(), autocast:
             t_out = teacher(tokens, tap=targets.tap, head=full)
-        clone = CloneLoss(targets, teacher, student, cfg.clone_terms, cfg.clone_loss)
+        clone = step.clone_loss(targets, teacher, student, cfg.clone_terms, cfg.clone_loss)
         with autocast:
             s_out = student(tokens, tap=clone.tap, weights=leaves, head=full, recompute=cfg.recompute)
         kd, ce, kl = logit_loss(s_out, t_out, tokens)  # kd = CE + KL
@@ -95,7 +104,7 @@ def train_step(student: Student, teacher, micro_batches: list, cfg: Config, auto
         (loss * tokens.numel() / step_tokens).backward()
         for name, value in {"loss": loss, **terms, **clone.loss}.items():
             logs[name] = logs.get(name, 0.0) + float(torch.as_tensor(value).detach()) * tokens.numel() / step_tokens
-    backward_through(student, leaves)  # d loss / d P, one pass through the materialisation
+    step.backward(student, leaves)  # d loss / d P, one pass through the materialisation
     if cfg.orth_reg:  # the baseline that asks a random init to stay orthogonal (its gradient in closed form)
         logs["orth"] = 0.0
         for P in (p for p in student.parameters() if p.dim() == 2):

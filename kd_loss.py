@@ -155,14 +155,18 @@ class CloneLoss:
         if name == "attn_heads":  # o_proj's input: LRC's code compares attention output in teacher space (D_t)
             if "attn_out" in self.loss:
                 Wo = unsharded(self.teacher.layers[layer].self_attn.o_proj.weight)  # (D_t, H*Dh)
-                self.add("attn_out", x @ Wo.T.to(x.dtype), self.targets[layer, "attn_out"])
+                self.add("attn_out", x @ Wo.T.to(x.dtype), self.target(layer, "attn_out"))
         elif name == "mlp_out":  # student space (W): the teacher's MLP output through P_down (LRC Lemma 1)
             if "mlp_out" in self.loss:
-                target = self.targets[layer, "mlp_out"]                             # (B, T, D_t)
+                target = self.target(layer, "mlp_out")                              # (B, T, D_t)
                 P_down = self.student.layers[layer]["down"]                          # (D_t, W)
                 self.add("mlp_out", x, target @ P_down.to(target.dtype))             # (B, T, W)
         elif name in self.loss and name != "attn_out":  # q, k, v, gate, up: the same space for both models
-            self.add(name, x, self.targets[layer, name])
+            self.add(name, x, self.target(layer, name))
+
+    def target(self, layer: int, name: str) -> torch.Tensor:
+        """The teacher's activation this term compares against (kept until the step ends)."""
+        return self.targets[layer, name]
 
     def add(self, term: str, x: torch.Tensor, target: torch.Tensor):
         value = clone_mse(x, target, self.kind)  # also when replaying: checkpointing matches the saved tensors by order

@@ -153,23 +153,30 @@ class Student(nn.Module):
         return Student(teacher, state["embed"].shape[1], {k: v for k, v in state.items() if not is_norm(k)},
                        {k: v for k, v in state.items() if is_norm(k)})
 
-    def student_weight(self, name: str, W_t: torch.Tensor) -> torch.Tensor:
-        """The student's tensor `name` (a Transformer parameter name) from the teacher's tensor of that name."""
+    def source(self, name: str) -> tuple[str, torch.Tensor | None]:
+        """How the student's tensor `name` (a Transformer parameter name) is made: ("input", P), ("output", P),
+        ("gain", g): a trainable norm gain used as it is, or ("frozen", None): the teacher's tensor unchanged."""
         if name in ("embed_tokens.weight", "lm_head.weight"):
-            P = self.embed if name == "embed_tokens.weight" else self.lm_head
-            return project_input(W_t, P)                                   # (V, W)
+            return "input", self.embed if name == "embed_tokens.weight" else self.lm_head
         if name == "norm.weight":
-            return self.norm                                               # (W,)
+            return "gain", self.norm
         if is_frozen(name):  # [qwen] q/k/v biases (Qwen2) and per-head q/k norms (Qwen3): the teacher's
-            return W_t.to(self.embed.dtype)
+            return "frozen", None
         _, layer, module = name.split(".", 2)                              # "layers", "3", "mlp.up_proj.weight"
-        P = self.layers[int(layer)]
         module = module.removesuffix(".weight")
         if module in LAYER_NORMS:
-            return P[module]                                               # (W,)
-        if module in INPUT_SIDE.values():
-            return project_input(W_t, P[PROJECTION_OF[module]])            # (out, W)
-        return project_output(W_t, P[PROJECTION_OF[module]])               # (W, in)
+            return "gain", self.layers[int(layer)][module]
+        side = "input" if module in INPUT_SIDE.values() else "output"
+        return side, self.layers[int(layer)][PROJECTION_OF[module]]
+
+    def student_weight(self, name: str, W_t: torch.Tensor) -> torch.Tensor:
+        """The student's tensor `name` from the teacher's tensor of that name."""
+        side, P = self.source(name)
+        if side == "input":
+            return project_input(W_t, P)                                   # (out, W)
+        if side == "output":
+            return project_output(W_t, P)                                  # (W, in)
+        return P if side == "gain" else W_t.to(self.embed.dtype)           # (W,), or the teacher's own
 
     def materialize(self) -> dict[str, torch.Tensor]:
         """The student's weights under Transformer parameter names, differentiable w.r.t. projections/norms
