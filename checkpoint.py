@@ -1,25 +1,31 @@
 """The run directory of a distillation: checkpoints that survive a kill at any instant, and its metrics.
 
+    RUN_DIR/red-run.json                 the marker: this folder is a red run (written when the run is created;
+                                         later also the fingerprint of the student the run wrote)
     RUN_DIR/config.json                  the resolved configuration, the teacher's fingerprint, the init's info
     RUN_DIR/metrics.jsonl                one JSON line per optimizer step (and per validation)
     RUN_DIR/checkpoint-00000600/         student.safetensors (projections + gains), optimizer.safetensors
-                                         (AdamW moments), state.json (step, data position): safetensors + JSON,
-                                         no pickle
-    RUN_DIR/lock                         held (flock) by the process using the run directory
+                                         (AdamW moments), state.json (step, data position), checksums.json (the
+                                         sha256 of each of them, written last): safetensors + JSON, no pickle
+    RUN_DIR/lock, <out's folder>/.<out's name>.lock
+                                         held (flock) by the process using the run directory and writing --out
 
 The swap: a checkpoint is written into `.checkpoint-N.tmp/` and renamed to `checkpoint-N/` in one atomic
 rename; only then are older checkpoints deleted. A kill at any instant therefore leaves at least one complete
 `checkpoint-*/`, and `latest_checkpoint` takes the newest; `clean` removes the leftovers of a kill on the next
-start, and `truncate_metrics` drops metric lines written after the checkpoint a run resumes from.
+start, and `truncate_metrics` drops metric lines written after the checkpoint a run resumes from. Nothing read
+back is trusted: `verify_checkpoint` checks every file against checksums.json and every field of state.json,
+`load_checkpoint` every tensor's name, shape and finiteness, before anything is changed.
 
-distill.py's setup ends here: `restore_run` continues a run from its newest checkpoint (--resume, after
-`check_same_teacher`), `start_run` begins one afresh and writes config.json last, so a run exists only once
-its step-0 checkpoint does.
+distill.py's setup: `check_run_paths` and `claim` (the locks, taken before the final check of the outputs) open
+the run; `restore_run` continues it from its newest checkpoint (--resume, after `check_same_teacher`),
+`start_run` begins one afresh and writes config.json last, so a run exists only once its step-0 checkpoint does.
 
-Builds on student.py (the state it saves) and cli.py.
+Builds on student.py (the state it saves), load_weights.py (fingerprints) and cli.py.
 Run as: imported by distill.py.
 """
 import fcntl
+import hashlib
 import json
 import os
 import re
@@ -29,8 +35,12 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import cli
+from load_weights import fingerprint
 
 CHECKPOINT = re.compile(r"checkpoint-(\d{8})")
+MARKER, SUMS = "red-run.json", "checksums.json"
+FORMAT = "red distill run"
+NEW_MARKER = {"format": FORMAT, "version": 1}
 
 
 class RunError(ValueError):
@@ -59,8 +69,17 @@ def clean(run_dir: str):
             shutil.rmtree(path)
 
 
+def sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 24):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 def save_checkpoint(run_dir: str, step: int, student, optimizer, state: dict):
-    """Projections + gains, AdamW state (safetensors) and state.json into checkpoint-<step>, atomically."""
+    """Projections + gains, AdamW state (safetensors), state.json and, last, checksums.json into
+    checkpoint-<step>, atomically (a failed write removes its half-written folder)."""
     final = checkpoint_dir(run_dir, step)
     if os.path.isdir(final):  # this step is already saved, complete (e.g. stopped right after resuming)
         return
@@ -68,29 +87,115 @@ def save_checkpoint(run_dir: str, step: int, student, optimizer, state: dict):
     if os.path.isdir(tmp):
         shutil.rmtree(tmp)
     os.makedirs(tmp)
-    save_file({k: v.detach().contiguous().cpu() for k, v in student.state_dict().items()},
-              os.path.join(tmp, "student.safetensors"))
-    opt = {}
-    for i, p in enumerate(student.parameters()):
-        for key, value in optimizer.state.get(p, {}).items():  # step, exp_avg, exp_avg_sq
-            opt[f"{i}.{key}"] = torch.as_tensor(value).detach().contiguous().cpu()
-    save_file(opt, os.path.join(tmp, "optimizer.safetensors"))
-    cli.write_json(os.path.join(tmp, "state.json"), dict(state, step=step))  # last: its presence = complete
+    try:
+        with cli.writing(os.path.join(tmp, "student.safetensors")):
+            save_file({k: v.detach().contiguous().cpu() for k, v in student.state_dict().items()},
+                      os.path.join(tmp, "student.safetensors"))
+        opt = {}
+        for i, p in enumerate(student.parameters()):
+            for key, value in optimizer.state.get(p, {}).items():  # step, exp_avg, exp_avg_sq
+                opt[f"{i}.{key}"] = torch.as_tensor(value).detach().contiguous().cpu()
+        with cli.writing(os.path.join(tmp, "optimizer.safetensors")):
+            save_file(opt, os.path.join(tmp, "optimizer.safetensors"))
+        cli.write_json(os.path.join(tmp, "state.json"), dict(state, step=step))
+        sums = {name: sha256(os.path.join(tmp, name)) for name in sorted(os.listdir(tmp))}
+        cli.atomic_write(os.path.join(tmp, SUMS), json.dumps({"sha256": sums}, separators=(",", ":")).encode())
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     os.replace(tmp, final)  # the one atomic moment: before it the old checkpoint is the newest, after it this one
     clean(run_dir)
 
 
-def load_checkpoint(path: str, student, optimizer) -> dict:
-    """Restore the projections, gains and AdamW state that save_checkpoint wrote; returns state.json."""
+def damaged(path: str, what: str) -> RunError:
+    return RunError(f"{path}: damaged checkpoint ({what}) - restore the run directory from a copy, or start "
+                    "afresh with --overwrite")
+
+
+def verify_files(path: str):
+    """RunError unless every file of checkpoint `path` has the sha256 its checksums.json recorded, and no file
+    is missing or extra."""
     try:
-        with open(os.path.join(path, "state.json"), encoding="utf-8") as f:
-            state = json.load(f)
-        student.load_state_dict(load_file(os.path.join(path, "student.safetensors")))
+        with open(os.path.join(path, SUMS), "rb") as f:
+            sums = json.loads(f.read())["sha256"]
+        assert isinstance(sums, dict) and all(isinstance(v, str) for v in sums.values())
+    except FileNotFoundError:
+        raise damaged(path, f"no {SUMS}: incomplete, or written by an older red") from None
+    except (OSError, ValueError, KeyError, TypeError, AssertionError):
+        raise damaged(path, f"{SUMS} unreadable") from None
+    files = set(os.listdir(path)) - {SUMS}
+    needed = {"student.safetensors", "optimizer.safetensors", "state.json"}
+    if files != set(sums) or not needed <= files:
+        odd = sorted(files ^ set(sums) or needed - files)
+        raise damaged(path, f"files {odd} missing or not recorded in {SUMS}")
+    for name in sorted(sums):
+        if sha256(os.path.join(path, name)) != sums[name]:
+            raise damaged(path, f"{name} differs from its recorded sha256")
+
+
+def _count(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def verify_checkpoint(path: str) -> dict:
+    """A checkpoint of a distill.py run checked before anything is built from it: its files (`verify_files`),
+    then state.json field by field (the step its folder names, a well-formed data position). Returns state."""
+    verify_files(path)
+    state = cli.read_json(os.path.join(path, "state.json"), "checkpoint state")  # (verified: it parses)
+    step = int(CHECKPOINT.fullmatch(os.path.basename(path)).group(1))
+    data = state.get("data") if isinstance(state, dict) else None
+    problems = []
+    if not isinstance(state, dict) or state.get("step") != step or not _count(state.get("step")):
+        found = state.get("step") if isinstance(state, dict) else state
+        problems.append(f"step {found!r:.40} is not the folder's {step}")
+    elif not isinstance(data, dict):
+        problems.append("no data position")
+    else:
+        for key in ("seed", "epoch", "cursor"):
+            if not _count(data.get(key)):
+                problems.append(f"data {key} {data.get(key)!r:.40} is not a count")
+        draws = data.get("draws")
+        if not (isinstance(draws, list) and draws and all(_count(d) for d in draws) and sum(draws) > 0):
+            problems.append(f"data draws {draws!r:.60} are not counts per source")
+        elif _count(data.get("cursor")) and data["cursor"] >= sum(draws):
+            problems.append(f"data cursor {data['cursor']} is past the epoch of {sum(draws)} windows")
+    if problems:
+        raise damaged(path, "state.json: " + "; ".join(problems)[:300])
+    return state
+
+
+def _check_tensors(path: str, name: str, found: dict, expected: dict):
+    """RunError naming the first missing, extra, mis-shaped or non-finite tensor of `found`."""
+    missing, extra = sorted(expected.keys() - found.keys()), sorted(found.keys() - expected.keys())
+    shaped = [k for k in sorted(expected.keys() & found.keys()) if tuple(found[k].shape) != expected[k]]
+    if missing or extra or shaped:
+        what = (f"tensor {missing[0]} missing" if missing else f"unexpected tensor {extra[0]}" if extra else
+                f"{shaped[0]} has shape {tuple(found[shaped[0]].shape)}, this run needs {expected[shaped[0]]}")
+        raise RunError(f"{path}/{name}: {what} - the checkpoint does not fit this run (another width or teacher?); "
+                       "start afresh with --overwrite")
+    for key, t in found.items():
+        if not t.is_floating_point() or not torch.isfinite(t).all():
+            raise RunError(f"{path}/{name}: {key} holds NaN, inf or no floats - the run diverged before this "
+                           "checkpoint or the file is damaged; start afresh with --overwrite (and a lower --lr)")
+
+
+def load_checkpoint(path: str, student, optimizer) -> dict:
+    """Restore the projections, gains and AdamW state that save_checkpoint wrote, every file checked against
+    its checksum and every tensor against the model and optimizer it goes into first; returns state.json."""
+    verify_files(path)
+    try:
+        state = cli.read_json(os.path.join(path, "state.json"), "checkpoint state")
+        weights = load_file(os.path.join(path, "student.safetensors"))
         opt = load_file(os.path.join(path, "optimizer.safetensors"))
-    except Exception as e:  # OSError, JSON, safetensors' own errors, a state dict of other shapes
-        raise RunError(f"{path}: damaged checkpoint ({type(e).__name__}: {str(e)[:100]}) - start afresh with "
-                       "--overwrite") from None
-    for i, p in enumerate(student.parameters()):
+    except Exception as e:  # OSError, JSON, safetensors' own errors
+        raise damaged(path, f"{type(e).__name__}: {str(e)[:100]}") from None
+    _check_tensors(path, "student.safetensors", weights, {k: tuple(v.shape) for k, v in student.state_dict().items()})
+    params = list(student.parameters())
+    expected = {f"{i}.{k}": shape for i, p in enumerate(params)
+                for k, shape in (("step", ()), ("exp_avg", tuple(p.shape)), ("exp_avg_sq", tuple(p.shape)))}
+    _check_tensors(path, "optimizer.safetensors", opt, expected if opt else {})  # none before the first step
+    student.load_state_dict(weights)
+    for i, p in enumerate(params):
         keys = [k for k in opt if k.startswith(f"{i}.")]
         optimizer.state[p] = {k.split(".", 1)[1]: opt[k].to(p.device) if opt[k].dim() else opt[k] for k in keys}
     return state
@@ -99,16 +204,61 @@ def load_checkpoint(path: str, student, optimizer) -> dict:
 # ---------------------------------------------------------------------------------------------------------
 # The run directory as a whole
 
+def read_marker(run_dir: str) -> dict | None:
+    """red-run.json of `run_dir` when it is a red run's marker, else None."""
+    try:
+        with open(os.path.join(run_dir, MARKER), encoding="utf-8") as f:
+            marker = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return marker if isinstance(marker, dict) and marker.get("format") == FORMAT else None
+
+
+def is_run_dir(path: str) -> bool:
+    """A red run directory: its marker, or (written before markers) a config.json with the teacher's
+    fingerprint beside a checkpoint."""
+    if read_marker(path) is not None:
+        return True
+    try:
+        legacy = cli.read_json(os.path.join(path, "config.json"))
+    except cli.OutputError:
+        return False
+    return "teacher_fingerprint" in legacy and latest_checkpoint(path) is not None
+
+
+def may_hold_run(path: str) -> bool:
+    """--run-dir may be an empty folder (a lock file aside) or a red run, never a user's folder or a model."""
+    return set(os.listdir(path)) <= {"lock"} or is_run_dir(path)
+
+
+def owns_output(run_dir: str, out: str) -> bool:
+    """Whether the student in `out` is the one this run wrote last (its fingerprint, as the marker recorded)."""
+    recorded = (read_marker(run_dir) or {}).get("student")
+    try:
+        return recorded is not None and recorded == fingerprint(out)
+    except Exception:  # not a checkpoint directory: not this run's output either
+        return False
+
+
+def record_output(run_dir: str, out: str):
+    """After the student is written: the marker records its fingerprint (`owns_output`)."""
+    cli.write_json(os.path.join(run_dir, MARKER), NEW_MARKER | {"student": fingerprint(out)})
+
+
 def check_run_paths(out: str, run_dir: str, inputs: dict, resume: bool, overwrite: bool):
-    """distill.py's outputs under the one output rule (cli.check_outputs), and the run-directory rule: an existing
-    run is continued (--resume) or replaced (--overwrite), never silently; run before anything is loaded."""
+    """distill.py's outputs under the one output rule (cli.check_outputs), and the run-directory rules: --run-dir
+    is absent, empty or a red run; an existing run is continued (--resume) or replaced (--overwrite), never
+    silently; --resume replaces only the student this run wrote. Read-only; run before and under the locks."""
     cli.check_outputs(inputs, [cli.Output("--out", out, "dir", cli.is_checkpoint_dir, "checkpoint directory"),
-                               cli.Output("--run-dir", run_dir, "dir")])
-    if os.path.isdir(out) and not (resume or overwrite):
-        raise RunError(f"--out {out} holds a student already - pass --overwrite to replace it (and its run), "
-                       "--resume to continue its run, or another --out")
+                               cli.Output("--run-dir", run_dir, "dir", may_hold_run, "red run directory")])
     if resume and latest_checkpoint(run_dir) is None:
         raise RunError(f"{run_dir}: no checkpoint to resume - drop --resume, or pass the run's --out / --run-dir")
+    if os.path.isdir(out) and not overwrite and not (resume and owns_output(run_dir, out)):
+        if resume:
+            raise RunError(f"--out {out} holds a student this run did not write - choose another --out, or remove "
+                           "it yourself")
+        raise RunError(f"--out {out} holds a student already - pass --overwrite to replace it (and its run), "
+                       "--resume to continue its run, or another --out")
     if not resume and holds_run(run_dir) and not overwrite:
         raise RunError(f"{run_dir}: holds a run already - continue it with --resume, or replace it with "
                        "--overwrite")
@@ -119,39 +269,120 @@ def holds_run(run_dir: str) -> bool:
     return os.path.isfile(os.path.join(run_dir, "config.json"))
 
 
-_held: dict[str, object] = {}  # run directory -> the open lock file of this process
+def read_run(run_dir: str) -> dict:
+    """--resume: the run's saved config.json, refused in one line (before any work) when the directory holds no
+    checkpoint, is not a red run, or lost its config."""
+    if latest_checkpoint(run_dir) is None:
+        raise RunError(f"{run_dir}: no checkpoint to resume - drop --resume, or pass the run's --out / --run-dir")
+    if not is_run_dir(run_dir):
+        raise RunError(f"{run_dir}: not a red run directory (no {MARKER}) - pass the run's --out / --run-dir")
+    if not holds_run(run_dir):
+        raise RunError(f"{run_dir}: config.json is missing (deleted, or the run never finished starting) - "
+                       "restore it, or start afresh with --overwrite")
+    return cli.read_json(os.path.join(run_dir, "config.json"), "run config")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Locks: one process per run directory and per --out
+
+_held: dict[str, object] = {}  # lock file -> the open lock file of this process
+_made: list[tuple[str, str]] = []  # (kind, path) this process created to hold its locks, in order: "dir", "file"
+                                   # (a run directory's lock and marker) or "out-lock" (the lock beside --out)
+
+
+def _take(path: str, message: str, kind: str = "file"):
+    """flock `path` (created if missing, never truncated); RunError(message) if another process holds it. A
+    lock file another process removed while we opened it is taken again (the inode must be the path's)."""
+    key = os.path.realpath(path)
+    if key in _held:  # a lock this process took for an earlier run is let go first
+        _held.pop(key).close()
+    for _ in range(20):
+        existed = os.path.exists(path)
+        handle = open(path, "a")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            raise RunError(message) from None
+        ours = os.fstat(handle.fileno())
+        if os.path.exists(path) and os.path.samestat(os.stat(path), ours):
+            if not existed or kind == "out-lock":
+                _made.append((kind, path))
+            _held[key] = handle  # the lock lasts as long as this open file
+            return handle
+        handle.close()
+        _make_dirs(os.path.dirname(path))
+    raise RunError(message)
+
+
+def _make_dirs(path: str):
+    """os.makedirs, remembering the folders this process made."""
+    missing = []
+    while not os.path.isdir(path):
+        missing.append(path)
+        path = os.path.dirname(path)
+    for folder in reversed(missing):
+        try:
+            os.mkdir(folder)
+            _made.append(("dir", folder))
+        except FileExistsError:
+            pass
 
 
 def lock(run_dir: str):
     """Hold an exclusive lock on the run directory for the life of this process (RunError if another process
     has it). A lock this process took for an earlier run on the same directory is let go first."""
-    os.makedirs(run_dir, exist_ok=True)
-    key = os.path.realpath(run_dir)
-    if key in _held:
-        _held.pop(key).close()
-    handle = open(os.path.join(run_dir, "lock"), "w")
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        handle.close()
-        raise RunError(f"{run_dir}: another distill.py is using this run directory - wait for it, or use "
-                       "another --out / --run-dir") from None
-    _held[key] = handle  # the lock lasts as long as this open file
+    _make_dirs(run_dir)
+    return _take(os.path.join(run_dir, "lock"), f"{run_dir}: another distill.py is using this run directory - "
+                 "wait for it, or use another --out / --run-dir")
+
+
+def claim(out: str, run_dir: str):
+    """Rank 0's first act on the file system: lock --out (a lock file beside it) and the run directory (made if
+    missing, and marked as a red run), so that a second distill.py on either is refused before it checks or
+    writes anything. `release` undoes what a run that never started made."""
+    out = os.path.abspath(out)
+    _make_dirs(os.path.dirname(out))
+    _take(os.path.join(os.path.dirname(out), f".{os.path.basename(out)}.lock"),
+          f"--out {out}: another distill.py is writing this student - wait for it, or choose another --out",
+          "out-lock")
+    handle = lock(run_dir)
+    if read_marker(run_dir) is None and may_hold_run(run_dir):
+        marker = os.path.join(run_dir, MARKER)
+        cli.write_json(marker, NEW_MARKER)
+        _made.append(("file", marker))
     return handle
 
 
 def release():
-    """Let go of every run-directory lock this process holds (distill.main's last act; exiting does it too)."""
+    """Let go of every lock this process holds (distill.main's last act; exiting does it too). The lock beside
+    --out goes; so does what `claim` made for a run that never started (no config.json, nothing else in it)."""
+    made = [path for _, path in _made]
+    for kind, path in reversed(_made):
+        if kind == "dir":
+            if os.path.isdir(path) and not os.listdir(path):
+                os.rmdir(path)
+            continue
+        folder = os.path.dirname(path)
+        unused = os.path.isdir(folder) and all(os.path.join(folder, name) in made for name in os.listdir(folder))
+        if os.path.exists(path) and (kind == "out-lock" or unused):
+            os.remove(path)  # before its lock is let go: a process that opened it meanwhile takes it again
+    _made.clear()
     while _held:
         _held.popitem()[1].close()
 
 
+# ---------------------------------------------------------------------------------------------------------
+# Starting and continuing
+
 def start_afresh(run_dir: str):
-    """--overwrite: forget a previous run (checkpoints, metrics, config); sample caches are kept."""
+    """--overwrite: forget a previous run (checkpoints, metrics, config, the student it wrote); sample caches
+    are kept."""
     for name in os.listdir(run_dir):
         if CHECKPOINT.fullmatch(name) or name.startswith(".checkpoint-") or name in ("config.json", "metrics.jsonl"):
             path = os.path.join(run_dir, name)
             shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+    cli.write_json(os.path.join(run_dir, MARKER), NEW_MARKER)
 
 
 def check_same_teacher(run_dir: str, teacher: str, teacher_fp: str):
@@ -162,18 +393,23 @@ def check_same_teacher(run_dir: str, teacher: str, teacher_fp: str):
                        "with the run's teacher, or start a new run")
 
 
+def locations(config: dict) -> dict:
+    """config.json records where the run and its student are, as absolute paths (informative: a resumed run
+    is where the command names it, never where it was)."""
+    return config | {k: os.path.abspath(config[k]) for k in ("out", "run_dir") if config.get(k)}
+
+
 def restore_run(run_dir: str, student, optimizer, stream, config: dict, rank: int) -> int:
-    """--resume: the student, AdamW state and data position of the newest checkpoint (rank 0 removes what a kill
-    left first); then rank 0 drops the metric lines after it and writes `config` over config.json (only the
-    settings run_config.MAY_CHANGE lists can differ). Returns the step to continue from."""
+    """--resume: the student, AdamW state and data position of the newest checkpoint, each checked before
+    anything changes; then rank 0 removes what a kill left, drops the metric lines after the checkpoint and writes
+    `config` over config.json (only the settings run_config.MAY_CHANGE lists can differ). Returns its step."""
+    state = load_checkpoint(latest_checkpoint(run_dir), student, optimizer)
+    stream.load_state_dict(state["data"])  # data.DataError when the position does not fit this data
     if rank == 0:
         clean(run_dir)
-    state = load_checkpoint(latest_checkpoint(run_dir), student, optimizer)
-    stream.load_state_dict(state["data"])
-    if rank == 0:
         truncate_metrics(run_dir, state["step"])
         saved = cli.read_json(os.path.join(run_dir, "config.json"))
-        cli.write_json(os.path.join(run_dir, "config.json"), saved | config)
+        cli.write_json(os.path.join(run_dir, "config.json"), saved | locations(config))
     return state["step"]
 
 
@@ -184,7 +420,7 @@ def start_run(run_dir: str, student, optimizer, stream, config: dict, rank: int)
     if rank == 0:
         start_afresh(run_dir)
         save_checkpoint(run_dir, 0, student, optimizer, {"data": stream.state_dict()})
-        cli.write_json(os.path.join(run_dir, "config.json"), config)
+        cli.write_json(os.path.join(run_dir, "config.json"), locations(config))
     return 0
 
 

@@ -2,7 +2,7 @@
 
 The contract (every CLI: distill.py, init_select.py, erank.py, eval_reasoning.py, student.py, data.py):
   - a user error prints ONE line, `error: <what> - <what to do>`, exits with status 2 and writes nothing;
-    Ctrl-C prints one line and exits 130 (`user_errors`, `parse_args`, and the flag types below);
+    Ctrl-C or SIGTERM prints one line and exits 130 (`user_errors`, `parse_args`, and the flag types below);
   - no output path may be, contain, or lie inside an input or another output of the same command, and an
     existing file is only ever replaced by one of its own kind (`check_outputs`, run before any work);
   - files and directories are written beside their final place and renamed into it (`atomic_write`,
@@ -18,10 +18,12 @@ import io
 import json
 import math
 import os
+import re
 import shutil
 import signal
 import sys
 import tempfile
+import threading
 import types
 from dataclasses import dataclass
 from typing import Callable
@@ -32,36 +34,79 @@ class OutputError(ValueError):
 
 
 def fail(message: str, code: int = 2):
-    """A user error: one line on stderr, then exit (status 2 unless said otherwise)."""
-    print(f"error: {message}", file=sys.stderr)
+    """A user error: one line on stderr (whatever the message holds), then exit (status 2 unless said otherwise)."""
+    print("error: " + " ".join(str(message).split()), file=sys.stderr)
     sys.exit(code)
 
 
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)  # Ctrl-C and `kill`: honoured alike in every phase
+
+
 def interrupt_while_starting():
-    """Called by a CLI before its heavy imports (torch takes seconds): Ctrl-C then exits at once with one line,
-    instead of a traceback from deep inside an import. `user_errors` hands Ctrl-C back to Python."""
+    """Called by a CLI before its heavy imports (torch takes seconds): Ctrl-C or SIGTERM then exits at once with
+    one line, instead of a traceback from deep inside an import. `user_errors` hands them back to Python."""
     def handler(sig, frame):
         os.write(2, b"error: interrupted while starting - nothing was written\n")
         os._exit(130)
-    signal.signal(signal.SIGINT, handler)
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, handler)
+
+
+def _interrupt(sig, frame):
+    raise KeyboardInterrupt
+
+
+def os_error(e: BaseException, path: str | None = None) -> OSError | None:
+    """`e` as an OSError when it is one, or safetensors' SafetensorError wrapping one ("... (os error 28)"):
+    a full disk is a full disk whichever library met it. None for anything else."""
+    if isinstance(e, OSError):
+        return e
+    found = re.search(r"\(os error (\d+)\)", str(e)) if type(e).__name__ == "SafetensorError" else None
+    if found is None:
+        return None
+    code = int(found.group(1))
+    return OSError(code, os.strerror(code), path)
+
+
+@contextlib.contextmanager
+def writing(path: str):
+    """Around a library's write of `path`: an I/O error it reports in its own way becomes an OSError naming
+    `path` (so `user_errors` gives one line)."""
+    try:
+        yield
+    except Exception as e:
+        converted = os_error(e, path)
+        if converted is None or converted is e:
+            raise
+        raise converted from None
 
 
 @contextlib.contextmanager
 def user_errors(*kinds: type):
-    """Run a CLI's work: the given exception kinds, OSError (a full disk, a missing permission) and Ctrl-C
-    become one line on stderr; anything else is a bug and keeps its traceback."""
+    """Run a CLI's work: the given exception kinds, OSError (a full disk, a missing permission, also as
+    safetensors reports it), Ctrl-C and SIGTERM become one line on stderr (SIGTERM, like Ctrl-C, exits 130);
+    anything else is a bug and keeps its traceback."""
+    previous = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
     signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         yield
     except (OutputError, *kinds) as e:
         fail(str(e))
-    except OSError as e:
-        where = f"{e.filename}: " if e.filename else ""
-        advice = {errno.ENOSPC: "free some space", errno.EACCES: "fix the permissions",
-                  errno.EPERM: "fix the permissions"}.get(e.errno, "check the path")
-        fail(f"{where}{e.strerror or e} - {advice}, then run again")
     except KeyboardInterrupt:
         fail("interrupted - the last complete output is untouched", code=130)
+    except Exception as e:
+        io = os_error(e)
+        if io is None:
+            raise
+        where = f"{io.filename}: " if io.filename else ""
+        advice = {errno.ENOSPC: "free some space", errno.EDQUOT: "free some space", errno.EACCES:
+                  "fix the permissions", errno.EPERM: "fix the permissions"}.get(io.errno, "check the path")
+        fail(f"{where}{io.strerror or io} - {advice}, then run again")
+    finally:
+        for sig, handler in previous.items():
+            if handler is not None:
+                signal.signal(sig, handler)
 
 
 @contextlib.contextmanager
@@ -74,12 +119,30 @@ def stop_requests():
         if state.signal is not None:
             raise KeyboardInterrupt
         state.signal = sig
-    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    previous = {sig: signal.signal(sig, handler) for sig in STOP_SIGNALS}
     try:
         yield state
     finally:
         for sig, old in previous.items():
             signal.signal(sig, old)
+
+
+@contextlib.contextmanager
+def deferred_signals():
+    """A few file operations that must not be cut in two (renames that replace a finished output): a SIGINT or
+    SIGTERM arriving inside waits, and is handed to the handler outside once the block is done."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    arrived = []
+    previous = {sig: signal.signal(sig, lambda sig, frame: arrived.append(sig)) for sig in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+        for sig in arrived[:1]:
+            signal.raise_signal(sig)
 
 
 def changed_settings(saved: dict, now: dict) -> list[str]:
@@ -128,6 +191,24 @@ def int_at_least(low: int) -> Callable[[str], int]:
     return parse
 
 
+def int_in(low: int, high: int) -> Callable[[str], int]:
+    """argparse type: an integer in [low, high]."""
+    def parse(text: str) -> int:
+        value = int(text)
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be between {low} and {high}, got {value}")
+        return value
+    parse.__name__ = "integer"
+    return parse
+
+
+def path_name(text: str) -> str:
+    """argparse type: a non-empty path (an empty one would silently mean the default)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("is empty - name a path")
+    return text
+
+
 def float_in(low: float, high: float = math.inf, *, low_open: bool = False) -> Callable[[str], float]:
     """argparse type: a finite float in [low, high] (or (low, high] with low_open)."""
     def parse(text: str) -> float:
@@ -142,14 +223,21 @@ def float_in(low: float, high: float = math.inf, *, low_open: bool = False) -> C
 
 
 def device(text: str) -> str:
-    """argparse type: a torch device that exists here ("cpu", "cuda", "cuda:1", "mps")."""
+    """argparse type: a torch device that exists here and computes ("cpu", "cuda", "cuda:1", "mps"; not
+    "meta", which holds no values)."""
     import torch
     try:
         dev = torch.device(text)
     except RuntimeError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a device - use cpu or cuda") from None
+    if dev.type not in ("cpu", "cuda", "mps"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a device that computes - use cpu or cuda")
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise argparse.ArgumentTypeError("cuda is not available on this machine - use --device cpu")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise argparse.ArgumentTypeError(f"{text}: this machine has {torch.cuda.device_count()} GPUs - use cuda")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise argparse.ArgumentTypeError("mps is not available on this machine - use --device cpu")
     return text
 
 
@@ -274,12 +362,14 @@ def write_json(path: str, obj):
 
 def replace_dir(tmp: str, path: str):
     """Move the finished directory `tmp` to `path`; an existing `path` is deleted only once the new one is
-    in place. NOTE: a kill between the two renames leaves the previous version as `.<name>.old` beside it."""
+    in place, and Ctrl-C / SIGTERM wait until it is (deferred_signals). NOTE: a kill -9 between the two renames
+    leaves the previous version as `.<name>.old` beside it."""
     old = os.path.join(os.path.dirname(os.path.abspath(path)), f".{os.path.basename(os.path.abspath(path))}.old")
-    if os.path.exists(old):
-        shutil.rmtree(old)  # a leftover of an earlier kill
-    if os.path.exists(path):
-        os.replace(path, old)
-    os.replace(tmp, path)
-    if os.path.exists(old):
-        shutil.rmtree(old)
+    with deferred_signals():
+        if os.path.exists(old):
+            shutil.rmtree(old)  # a leftover of an earlier kill
+        if os.path.exists(path):
+            os.replace(path, old)
+        os.replace(tmp, path)
+        if os.path.exists(old):
+            shutil.rmtree(old)

@@ -53,7 +53,7 @@ from init_select import InitError, init_projections, read_init
 from kd_loss import CloneLoss, TeacherTargets, ce_loss, chunked_ce_kl, kl_loss, orthogonality_penalty
 from load_weights import LoadError, fingerprint, load_model, read_config, save_model
 from model import ContextError
-from run_config import Config, flag_parser, open_run
+from run_config import Config, check_sizes, flag_parser, open_run
 from sources import DataError
 from student import (Student, StudentError, all_reduce_grads, backward_through, check_width, leaf_copies,
                      shard_teacher, state_shapes, unsharded)
@@ -181,17 +181,16 @@ def setup(given: dict) -> Run:
     """Everything before step 1: open the run, load the teacher and the data, make the student and its optimizer,
     then continue the run from its newest checkpoint (--resume) or start it afresh."""
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-    cfg, resume, lock = open_run(given, rank, world)  # configuration, checks, the run's lock, the process group
+    cfg, resume, lock = open_run(given, rank, world)  # configuration, checks, the locks, the process group
     torch.manual_seed(cfg.seed)
     on_gpu = cfg.device.startswith("cuda")
     # bf16 autocast for training on GPU; fp32 on CPU (no bf16 matmul hardware here: 6-300x slower)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if on_gpu else torch.autocast("cpu", enabled=False)
     teacher, tok, teacher_fp = load_teacher(cfg, resume)
     data, stream, val = load_data(cfg, tok, teacher, teacher_fp, rank, world)
+    check_sizes(cfg, stream.epoch_len, calibrates=not resume and not cfg.init.endswith(".safetensors"))
     student, info = make_student(cfg, teacher, data, teacher_fp, resume)
     optimizer = torch.optim.AdamW(student.parameters(), lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0)
-    if rank == 0:  # a run directory that did not exist at open_run is made and locked now
-        lock = lock or ckpt.lock(cfg.run_dir)  # held until the process exits
     if resume:
         start = ckpt.restore_run(cfg.run_dir, student, optimizer, stream, dataclasses.asdict(cfg), rank)
     else:
@@ -327,8 +326,10 @@ def finish(run: Run):
     """Merge and save the student, then the summary: teacher and student measured the same way."""
     cfg, log = run.cfg, run.log
     merged = run.student.merge()  # on every rank: under --fsdp it gathers teacher weights collectively
-    if run.rank == 0:
-        save_model(merged, cfg.out, like=cfg.teacher)
+    if run.rank == 0:  # the student and the run's record of it, not cut in two by a signal
+        with cli.deferred_signals(), cli.writing(cfg.out):
+            save_model(merged, cfg.out, like=cfg.teacher)
+            ckpt.record_output(cfg.run_dir, cfg.out)
     rows = {name: validate(model, *run.val) for name, model in (("teacher", run.teacher), ("student", merged))}
     params = {"teacher": sum(p.numel() for p in run.teacher.parameters()),
               "student": sum(p.numel() for p in merged.parameters())}
@@ -353,13 +354,13 @@ def finish(run: Run):
 
 def main(argv=None):
     given = vars(cli.parse_args(flag_parser(), argv))
-    try:
-        with cli.user_errors(*USER_ERRORS):
+    with cli.user_errors(*USER_ERRORS):  # SIGINT and SIGTERM too: one line, exit 130, in every phase
+        try:
             run = setup(given)
             if train(run):
                 finish(run)
-    finally:
-        ckpt.release()
+        finally:
+            ckpt.release()
     if dist.is_initialized():
         dist.destroy_process_group()
 

@@ -5,9 +5,13 @@ the defaults below < the preset (`--preset red`: select init with RED's importan
 `--preset lrc`: Gaussian init, T = 40; alpha 0.2 for both, METHOD §3.6) < a resumed run's saved config.json
 < the flags the user typed. Under --resume a flag that contradicts the run is refused unless it is in
 MAY_CHANGE; flags not typed are taken from the run, so `python distill.py --out DIR --resume` continues it.
+The saved config.json is read as untrusted input: every field is checked (`check_saved`) as its flag would be.
+Paths are not settings: input paths are stored absolute, and a resumed run is the run directory this command
+names (moved or copied, it continues where it is, never where it was).
 The teacher defaults to the example teacher, the width to half the teacher's, the paths to out/<preset>-w<W>.
 `open_run` is a run's first act: the Config resolved and checked against the run directory and the launch (the
-lock, --fsdp and --batch-size against the ranks, the torchrun process group) before anything is loaded.
+locks on --out and the run directory, --fsdp and --batch-size against the ranks, the torchrun process group)
+before anything is loaded; `check_sizes` refuses batch sizes the data cannot fill.
 
 Builds on init_select.py (init flags), kd_loss.py (term names), checkpoint.py (the run directory's checks and
 lock), sources.py (which --data are files), load_weights.py, student.py and cli.py.
@@ -84,30 +88,33 @@ def flag_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="distill.py", argument_default=argparse.SUPPRESS,
                                 description="Distil a narrow student from a teacher (RED / LRC).")
     add = p.add_argument
-    add("--teacher", help="teacher HF checkpoint directory (default: the example teacher SmolLM2-135M-Instruct)")
+    add("--teacher", type=cli.path_name, help="teacher HF checkpoint directory (default: the example teacher SmolLM2-135M-Instruct)")
     add("--width", type=cli.int_at_least(1), help="student residual width W, a multiple of the heads (default: "
                                                   "half the teacher's)")
     add("--data", nargs="+", help="SOURCE[:WEIGHT] ...: .txt .jsonl .bin .npy, pydoc, problems:N, self:N "
                                   "(default: pydoc problems:2000:0.5)")
     add("--preset", choices=list(PRESETS), help="red (select init, T=1; default) or lrc (gaussian init, T=40)")
-    add("--init", help=f"{' | '.join(KINDS)} | FILE.safetensors (default: the preset's)")
+    add("--init", type=cli.path_name, help=f"{' | '.join(KINDS)} | FILE.safetensors (default: the preset's)")
     add_init_arguments(p)
-    add("--kl-temperature", type=cli.float_in(0, low_open=True), help="KL temperature T (default: the preset's)")
+    add("--kl-temperature", type=cli.float_in(0.01, 1000), help="KL temperature T, 0.01 to 1000 (default: the "
+                                                              "preset's)")
     add("--kl-reduction", choices=KL_REDUCTIONS, help="seq_sum (LRC's code, default) or token_mean")
-    add("--alpha", type=cli.float_in(0), help="weight of the clone MSE terms (default 0.2)")
+    add("--alpha", type=cli.float_in(0, 1000), help="weight of the clone MSE terms, 0 to 1000 (default 0.2)")
     add("--clone-terms", type=clone_terms, help="comma-separated subset of " + ",".join(CLONE_TERMS))
     add("--clone-loss", choices=CLONE_LOSSES, help="mse (LRC's, default), skip-first (leave position 0, the "
                                                   "attention sink, out of every clone term) or relative (each "
                                                   "term divided by the teacher activation's mean square)")
-    add("--orth-reg", type=cli.float_in(0), help="lambda of the penalty lambda * sum ||P^T P - I||_F^2 on every "
-                                                 "projection (RED's orthogonal-regularisation baseline; default 0)")
+    add("--orth-reg", type=cli.float_in(0, 1000), help="lambda of the penalty lambda * sum ||P^T P - I||_F^2 on "
+                                                       "every projection (RED's orthogonal-regularisation baseline; "
+                                                       "0 to 1000, default 0)")
     add("--kd-chunk", type=cli.int_at_least(0), help="tokens per chunk of the CE + KL, computed from the LM heads "
                                                      "without the full logits (default 1024; 0: full logits)")
     add("--recompute", action=argparse.BooleanOptionalAction, help="activation checkpointing: keep each student "
         "block's input only and run the block again in the backward (less memory, one more student forward)")
     add("--steps", type=cli.int_at_least(0), help="optimizer steps (default 1000; 0: write the step-0 student)")
-    add("--batch-size", type=cli.int_at_least(1), help="windows per micro-batch, all ranks together (default 8)")
-    add("--grad-accum", type=cli.int_at_least(1), help="micro-batches per optimizer step (default 1)")
+    add("--batch-size", type=cli.int_in(1, 1 << 16), help="windows per micro-batch, all ranks together (default 8; "
+                                                         "at most the training windows)")
+    add("--grad-accum", type=cli.int_in(1, 1 << 16), help="micro-batches per optimizer step (default 1)")
     add("--seq-len", type=cli.int_at_least(2), help="tokens per window (default 512)")
     add("--lr", type=cli.float_in(0, low_open=True), help="peak learning rate (default 1e-4, LRC's)")
     add("--warmup", type=cli.int_at_least(0), help="warmup steps (default: 0.5%% of --steps, at least 1)")
@@ -119,13 +126,13 @@ def flag_parser() -> argparse.ArgumentParser:
     add("--stop-at", type=cli.int_at_least(0), help="stop after this step with a checkpoint, the learning-rate "
                                                     "schedule still that of --steps; continue with --resume "
                                                     "(0, the default: run to --steps)")
-    add("--eval-problems", type=cli.int_at_least(0), help="synthetic 2-step problems for the final accuracy "
+    add("--eval-problems", type=cli.int_in(0, 100_000), help="synthetic 2-step problems for the final accuracy "
                                                          "(default 50; 0: skip)")
-    add("--seed", type=cli.int_at_least(0))
+    add("--seed", type=cli.int_in(0, 2 ** 63 - 1))
     add("--device", type=cli.device, help="cuda (default when available) or cpu")
     add("--fsdp", action="store_true", help="shard the teacher over the torchrun ranks (FSDP2)")
-    add("--out", help="the student's HF directory (default: out/<preset>-w<W>)")
-    add("--run-dir", help="checkpoints, metrics, config (default: <out>.run)")
+    add("--out", type=cli.path_name, help="the student's HF directory (default: out/<preset>-w<W>)")
+    add("--run-dir", type=cli.path_name, help="checkpoints, metrics, config (default: <out>.run)")
     add("--resume", action="store_true", help="continue the run in --run-dir exactly where it stopped")
     add("--overwrite", action="store_true", help="replace an existing run and student instead of refusing")
     return p
@@ -142,32 +149,100 @@ def clone_terms(text: str) -> list:
 
 def resolve_config(given: dict, resume: bool) -> Config:
     """The run's Config from the flags the user gave: teacher, width and paths defaulted, the preset applied,
-    and under --resume the run's saved config taken over, any change outside MAY_CHANGE refused."""
+    and under --resume the run's saved config (checked field by field) taken over, any change outside MAY_CHANGE
+    refused. Input paths are made absolute (a run resumes from any folder); where the run and its student are
+    (--run-dir, --out) is this command's, never the saved run's."""
+    given = absolute_inputs(given)
     if not (given.get("out") or given.get("run_dir")):  # the default paths name the preset and the width
         teacher = given.get("teacher") or example_teacher()
         width = given.get("width") or default_width(read_config(teacher)[1])
         given = {"out": os.path.join("out", f"{given.get('preset', 'red')}-w{width}")} | given
     run_dir = given.get("run_dir") or given["out"].rstrip("/") + ".run"
-    saved_path = os.path.join(run_dir, "config.json")
     saved = {}
-    if resume and os.path.isfile(saved_path):
-        # the device is this machine's; --stop-at is this command's (a plain --resume runs to the end)
-        fields = {f.name for f in dataclasses.fields(Config)} - {"device", "stop_at"}
-        saved = {k: v for k, v in cli.read_json(saved_path).items() if k in fields}
+    if resume:  # before any work: a run directory with a checkpoint and a valid config.json, or one line
+        saved = check_saved(ckpt.read_run(run_dir), run_dir)
         changed = [f"--{k.replace('_', '-')} {given[k]} (the run has {saved[k]})" for k in given
-                   if k in saved and k not in MAY_CHANGE + ("teacher",) and given[k] != saved[k]]
+                   if k in saved and k not in MAY_CHANGE + LOCATIONS + ("teacher",) and given[k] != saved[k]]
         if changed:
             raise RunError(f"{run_dir}: resuming with {'; '.join(changed)} - only {', '.join(MAY_CHANGE)} may "
                            "change; drop the flag, or start a new run with another --out")
+        if not given.get("out"):
+            given = given | {"out": resumed_out(saved, run_dir)}
     preset = given.get("preset", saved.get("preset", "red"))
-    values = dataclasses.asdict(Config()) | PRESETS[preset] | saved | given
+    ours = LOCATIONS + ("device", "stop_at")  # this machine's device, this command's --stop-at
+    values = dataclasses.asdict(Config()) | PRESETS[preset] | {k: v for k, v in saved.items() if k not in ours} | given
     values["teacher"] = values["teacher"] or example_teacher()
     values["width"] = values["width"] or default_width(read_config(values["teacher"])[1])
     values["out"] = values["out"] or os.path.join("out", f"{preset}-w{values['width']}")
-    values["run_dir"] = values["run_dir"] or values["out"].rstrip("/") + ".run"
+    values["run_dir"] = run_dir
     values["warmup"] = max(1, round(0.005 * values["steps"])) if values["warmup"] is None else values["warmup"]
     values["device"] = values["device"] or cli.default_device()
     return Config(**values)
+
+
+LOCATIONS = ("out", "run_dir")  # where the run and its student are: this command's, never the saved run's
+
+
+def absolute_inputs(values: dict) -> dict:
+    """The teacher, an init file and the data files as absolute paths (built-in sources stay as named)."""
+    out = dict(values)
+    for key in ("teacher", "init"):
+        if out.get(key) and os.path.exists(out[key]):
+            out[key] = os.path.abspath(out[key])
+    if isinstance(out.get("data"), list):
+        out["data"] = [os.path.abspath(name) + spec[len(name):] if os.path.exists(name) else spec
+                       for spec in out["data"] for name in [parse_spec(spec)[0]]]
+    return out
+
+
+def resumed_out(saved: dict, run_dir: str) -> str:
+    """--resume without --out: the run's own --out while the run directory is where it was; for a moved or
+    copied run, the folder beside it that its name implies (<out>.run); else one line."""
+    if saved.get("out") and os.path.abspath(saved.get("run_dir") or "") == os.path.abspath(run_dir):
+        return saved["out"]
+    if run_dir.rstrip("/").endswith(".run"):
+        return run_dir.rstrip("/")[:-len(".run")]
+    raise RunError(f"{run_dir}: the run was moved and where its student goes is not known - pass --out")
+
+
+def check_saved(saved: dict, run_dir: str) -> dict:
+    """A run's config.json checked field by field (the types of Config and the ranges and choices of the flags)
+    before anything is built from it; returns the Config fields it holds, input paths absolute."""
+    where = os.path.join(run_dir, "config.json")
+    bad = lambda key, why: RunError(f"{where}: {key} {saved.get(key)!r:.60} {why} - restore the file, or start "
+                                    "afresh with --overwrite")
+    if not (isinstance(saved.get("teacher_fingerprint"), str) and saved["teacher_fingerprint"]):
+        raise bad("teacher_fingerprint", "is not a fingerprint")
+    actions = {a.dest: a for a in flag_parser()._actions}
+    fields = {}
+    for key, default in dataclasses.asdict(Config()).items():
+        if key not in saved:
+            continue  # written before the field existed: its default
+        value, action = saved[key], actions.get(key)
+        kind = type(default) if default is not None else int
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if not (isinstance(value, kind) and (kind is bool or not isinstance(value, bool))
+                or key == "warmup" and value is None):
+            raise bad(key, f"is not a {kind.__name__}")
+        if kind is list and not all(isinstance(v, str) for v in value):
+            raise bad(key, "is not a list of names")
+        if key in ("device", "out", "run_dir") or action is None or value is None:
+            fields[key] = value
+            continue
+        if action.choices is not None and value not in action.choices:
+            raise bad(key, f"is not one of {list(action.choices)}")
+        try:
+            if key == "data":
+                if not value:
+                    raise ValueError("no sources")
+                [parse_spec(spec) for spec in value]
+            elif action.type is not None and kind is not bool:
+                action.type(",".join(value) if kind is list else str(value))
+        except (argparse.ArgumentTypeError, ValueError) as e:
+            raise bad(key, f"is out of range ({' '.join(str(e).split())[:80]})") from None
+        fields[key] = value
+    return absolute_inputs(fields)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -175,17 +250,28 @@ def resolve_config(given: dict, resume: bool) -> Config:
 
 def open_run(given: dict, rank: int, world: int) -> tuple[Config, bool, object]:
     """The run's Config from the flags, checked before any work: --resume or --overwrite (not both), the paths
-    (checkpoint.check_run_paths), --fsdp and --batch-size against the ranks; an existing run directory is
-    locked at once, so a second run on it is refused here. Then a torchrun launch joins its process group, each
-    rank on its own GPU. Returns (cfg, resume, the lock: None on ranks > 0 or while the directory is not made)."""
+    (checkpoint.check_run_paths), then, on rank 0, --out and the run directory locked (checkpoint.claim) and the
+    paths checked again under the locks, so that of two runs started together on one output the second is
+    refused; under --resume the newest checkpoint verified and its step within --steps; --fsdp and
+    --batch-size against the ranks. Then a torchrun launch joins its process group, each rank on its own GPU.
+    Returns (cfg, resume, the run directory's lock: None on ranks > 0)."""
     resume, overwrite = given.pop("resume", False), given.pop("overwrite", False)
     if resume and overwrite:
         raise RunError("--resume continues a run and --overwrite replaces it - pass one of them")
     cfg = resolve_config(given, resume)
     files = [name for name, _ in map(parse_spec, cfg.data) if os.path.exists(name)]
-    ckpt.check_run_paths(cfg.out, cfg.run_dir, {"--teacher": cfg.teacher, "--data": files,
-                         "--init": cfg.init if cfg.init.endswith(".safetensors") else None}, resume, overwrite)
-    lock = ckpt.lock(cfg.run_dir) if rank == 0 and os.path.isdir(cfg.run_dir) else None
+    inputs = {"--teacher": cfg.teacher, "--data": files,
+              "--init": cfg.init if cfg.init.endswith(".safetensors") else None}
+    ckpt.check_run_paths(cfg.out, cfg.run_dir, inputs, resume, overwrite)  # read-only: refused before any write
+    lock = None
+    if rank == 0:
+        lock = ckpt.claim(cfg.out, cfg.run_dir)
+        ckpt.check_run_paths(cfg.out, cfg.run_dir, inputs, resume, overwrite)  # what another run did meanwhile
+    if resume:
+        step = ckpt.verify_checkpoint(ckpt.latest_checkpoint(cfg.run_dir))["step"]
+        if step > cfg.steps:
+            raise RunError(f"{cfg.run_dir}: its newest checkpoint is at step {step}, past --steps {cfg.steps} - "
+                           f"resume with --steps {step} or more")
     if cfg.fsdp and world == 1:
         raise RunError("--fsdp shards the teacher over several processes - launch with torchrun "
                        "--nproc_per_node N (N >= 2), or drop --fsdp")
@@ -197,6 +283,17 @@ def open_run(given: dict, rank: int, world: int) -> tuple[Config, bool, object]:
             cfg.device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
             torch.cuda.set_device(cfg.device)
     return cfg, resume, lock
+
+
+def check_sizes(cfg: Config, windows: int, calibrates: bool):
+    """Sizes the training data (`windows` per epoch) cannot fill, refused before a batch is drawn: a step of
+    more windows than an epoch holds, or more calibration windows than there are."""
+    if cfg.batch_size * cfg.grad_accum > windows:
+        raise RunError(f"--batch-size {cfg.batch_size} x --grad-accum {cfg.grad_accum} windows per step, but the "
+                       f"training data holds {windows} per epoch - lower them, or add data")
+    if calibrates and cfg.n_calib > windows:
+        raise RunError(f"--n-calib {cfg.n_calib} calibration windows, but the training data holds {windows} - "
+                       "lower --n-calib, or add data")
 
 
 def example_teacher() -> str:
