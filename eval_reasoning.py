@@ -164,7 +164,8 @@ def read_items(path: str) -> list[dict]:
         except ValueError as e:
             raise EvalError(f"{path}:{lineno}: not valid JSON ({e}) - each line must be one JSON object") from None
         if not isinstance(item, dict) or not isinstance(item.get("question"), str) or "answer" not in item:
-            raise EvalError(f"{path}:{lineno}: needs a 'question' string and an 'answer' - GSM8K format")
+            raise EvalError(f"{path}:{lineno}: needs a 'question' string and an 'answer' - write each line as "
+                            "GSM8K does, {\"question\": \"...\", \"answer\": \"... #### N\"}")
         gold = gold_answer(item["answer"])
         if gold is None:
             raise EvalError(f"{path}:{lineno}: no numeric gold answer in {str(item['answer'])[-40:]!r} - the "
@@ -172,7 +173,8 @@ def read_items(path: str) -> list[dict]:
         # the gold number is parsed once, here, so a bad line fails before any model is loaded
         items.append({"question": item["question"], "answer": item["answer"], "gold": gold})
     if not items:
-        raise EvalError(f"{path}: no items - the file is empty")
+        raise EvalError(f"{path}: no items (the file is empty or blank) - add one JSON object per line with "
+                        "'question' and 'answer'")
     return items
 
 

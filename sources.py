@@ -5,13 +5,16 @@ Sources (`--data SPEC ...`, each `SOURCE` or `SOURCE:WEIGHT`):
   FILE.txt      one document (UTF-8)
   FILE.jsonl    one document per line: a "text" field, or GSM8K-style "question" + "answer" (problems.qa_text)
   FILE.bin      pre-tokenised raw little-endian ids (nanoGPT's layout) with the sidecar FILE.bin.json that
-                `python data.py --out` writes ({"dtype": "uint16" | "uint32", ...}): the dtype is never guessed
+                `python data.py --out` writes, a JSON object of named fields: {"dtype": "uint16" | "uint32",
+                "tokens": id count, "vocab_size", "documents", ...}. The dtype is never guessed, and the file
+                must hold exactly tokens x itemsize bytes, so ids of another width are refused, not read as noise
   FILE.npy      pre-tokenised, any 1-D integer array (its header carries the dtype)
   pydoc         CPython's own documentation topics (module pydoc_data.topics: ~0.5 MB of English technical
                 text that every Python install carries), one document per topic
-  problems:N    N synthetic worked arithmetic problems (problems.py, 1-4 steps mixed, seeded by --seed)
+  problems:N    N synthetic worked arithmetic problems (problems.py, 1-4 steps mixed, seeded by --seed);
+                N <= 1,000,000 (made in memory: ~1 minute and ~100-300M tokens at the most)
   self:N        N sequences sampled from the teacher (distill.py only), cached in the run directory under
-                the teacher's fingerprint
+                the teacher's fingerprint; N <= 1,000,000
 A WEIGHT in (0, 100] is an upsampling factor (data.py). The text after the last ':' is a weight only when it
 parses as a number and SPEC itself is not an existing file, so paths containing ':' still work.
 
@@ -21,6 +24,7 @@ Run as: imported by data.py (python data.py --tokenizer DIR --data SOURCE ... pr
 import json
 import math
 import os
+import warnings
 from decimal import Decimal
 
 import numpy as np
@@ -48,24 +52,25 @@ class DataError(ValueError):
 def parse_spec(spec: str) -> tuple[str, float]:
     """'SOURCE' or 'SOURCE:WEIGHT' -> (name, weight); builtins pydoc, problems:N, self:N."""
     head, sep, tail = spec.rpartition(":")
+    shown = spec if len(spec) <= 80 else f"{spec[:60]}...{spec[-10:]}"  # a message stays one readable line
     is_weight = sep and head and _is_number(tail) and not os.path.exists(spec)
     if spec.split(":")[0] in ("self", "problems"):  # self:N[:W], problems:N[:W]
         kind, n, *rest = spec.split(":")
         most = MAX_PROBLEMS if kind == "problems" else MAX_SELF
         # ASCII digits ("²".isdigit() too), few enough that int() is instant (it refuses 4300 and more)
         if not (n.isascii() and n.isdigit() and len(n) <= 20 and int(n) > 0):
-            raise DataError(f"{spec}: {kind}:N needs a positive integer N, e.g. {kind}:256")
+            raise DataError(f"{shown}: {kind}:N needs a positive integer N - e.g. {kind}:256")
         if int(n) > most:
-            raise DataError(f"{spec}: at most {kind}:{most:,} ({kind}:N is made in memory, before training) - "
+            raise DataError(f"{shown}: at most {kind}:{most:,} ({kind}:N is made in memory, before training) - "
                             f"lower N, or weight it to see it more often ({kind}:{most}:2 is every one twice)")
         if len(rest) > 1 or rest == [""]:
-            raise DataError(f"{spec}: expected {kind}:N or {kind}:N:WEIGHT - e.g. {kind}:{int(n)}:0.5")
+            raise DataError(f"{shown}: expected {kind}:N or {kind}:N:WEIGHT - e.g. {kind}:{int(n)}:0.5")
         name, weight = f"{kind}:{int(n)}", rest[0] if rest else "1"
     else:
         name, weight = (head, tail) if is_weight else (spec, "1")
     w = float(weight) if _is_number(weight) else float("nan")
     if not (math.isfinite(w) and 0 < w <= MAX_WEIGHT):
-        raise DataError(f"{spec}: weight must be a number in (0, {MAX_WEIGHT:g}], got {weight!r} - write "
+        raise DataError(f"{shown}: weight must be a number in (0, {MAX_WEIGHT:g}], got {weight[:20]!r} - write "
                         "SOURCE:2 or SOURCE:0.5")
     return name, w
 
@@ -197,10 +202,13 @@ def read_tokens(path: str, vocab_size: int) -> tuple[np.ndarray, dict]:
     meta = read_sidecar(path)
     if path.endswith(".npy"):
         try:
-            tokens = np.load(path, mmap_mode="r")
-        except (ValueError, OSError, EOFError) as e:
+            with warnings.catch_warnings():  # numpy warns about odd headers: the one line below says enough
+                warnings.simplefilter("ignore")
+                tokens = np.load(path, mmap_mode="r")
+        except Exception as e:  # numpy's header parser raises ValueError, EOFError, even tokenize.TokenError
             raise DataError(f"{path}: not a .npy array ({str(e)[:80]}) - save it with numpy.save") from None
         if not isinstance(tokens, np.ndarray):  # an .npz archive under a .npy name
+            tokens.close()
             raise DataError(f"{path}: an .npz archive, not one array - save the ids with numpy.save")
         if tokens.ndim != 1 or tokens.dtype.kind not in "ui":
             raise DataError(f"{path}: holds a {tokens.dtype} array of shape {tokens.shape} - "
