@@ -9,14 +9,15 @@ tiktoken-format `tokenizer.model` (Llama 3's `original/tokenizer.model`). Three 
      place in the list. We check that, and then a token's rank is simply its id.
   3. pre-tokenizer -> pat_str. HF's `Digits`, `Split` and `ByteLevel` steps run one after another; we
      write them as ONE regex that cuts text into the same pieces (tests compare against `tokenizers`).
-Added tokens (<|im_start|>, <|eot_id|>, ...) written inside the text become their ids, as in HF.
+Added tokens (<|im_start|>, <|eot_id|>, ...) written inside the text become their ids, as in HF (empty ones are
+ignored, as in HF). A malformed field is one TokenizerError naming file and field; the regex is probed (PROBES).
 Builds on nothing else in red (floor 1); data.py, eval_reasoning.py and distill.py use it.
-
 Run as: imported (scripts/encode.py is a demo CLI: python scripts/encode.py --model DIR "text").
 """
 import base64
 import datetime
 import json
+import os
 import re
 import sys
 import unicodedata
@@ -46,10 +47,20 @@ SAFE_CUT = re.compile(r"[A-Za-z](?= )")
 # tiktoken's regex engine gives up (a Rust panic) on about 1M whitespace characters in a row
 LONG_BLANK = re.compile(r"\s{500000}")
 SUPPORTED = "red reads byte-level BPE tokenizers (GPT-2, SmolLM2, Llama 3, Qwen2/2.5/3)"
+PROBES = [run * 300 + end for run in ("a", "1", " ", "\n", "!", "a1", "a ", "é") for end in ("", "!", "a", " ", "\n")]
 
 
 class TokenizerError(ValueError):
     """A tokenizer file is missing or of a kind red cannot reproduce exactly; the message is one line."""
+
+
+def need(ok, path, field: str, what: str, todo: str = "the file is damaged; restore it from the original checkpoint"):
+    if not ok:  # a TokenizerError naming the file and the field
+        raise TokenizerError(f"{path}: {field} {what} - {todo}")
+
+
+def is_id(value) -> bool:  # a token id: a non-negative int (JSON's true is not one) that tiktoken can hold
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2 ** 31
 
 
 @dataclass
@@ -79,13 +90,12 @@ def bytes_to_unicode() -> dict[int, str]:
 
 def ranks_from_bpe(path: Path, model: dict, added_ids: set[int]) -> dict[bytes, int]:
     """HF BPE model (vocab + merges) -> tiktoken mergeable_ranks {token bytes: id}, checked to merge alike."""
-    if not isinstance(model.get("vocab"), dict) or not isinstance(model.get("merges", []), list):
-        raise TokenizerError(f"{path}: its BPE model has no vocab (a token -> id mapping) or no merges list - the "
-                             "file is damaged; restore it from the original checkpoint")
-    byte_of = {ch: b for b, ch in bytes_to_unicode().items()}
-    ranks = {}
+    need(isinstance(model.get("vocab"), dict) and isinstance(model.get("merges", []), list), path, "its BPE model",
+         "has no vocab (a token -> id mapping) or no merges list")
+    need(all(map(is_id, model["vocab"].values())), path, "model.vocab", "holds an id that is not a token id")
+    byte_of, ranks = {ch: b for b, ch in bytes_to_unicode().items()}, {}
     for token, i in model["vocab"].items():
-        if i in added_ids:  # added tokens are cut out of the text before BPE, so BPE must not build them
+        if i in added_ids or not token:  # added tokens are cut out of the text before BPE: BPE must not build them
             continue
         if any(ch not in byte_of for ch in token):
             raise TokenizerError(f"{path}: vocab entry {token!r} is not byte-level - {SUPPORTED}")
@@ -93,8 +103,10 @@ def ranks_from_bpe(path: Path, model: dict, added_ids: set[int]) -> dict[bytes, 
     # tiktoken merges by the rank (= id) of the result, HF by the merge's position: ids must follow the
     # list. Equal ids in a row are fine: tokenizers converted from tiktoken list every split of a token.
     previous = -1
-    for n, merge in enumerate(model.get("merges", [])):
-        a, b = merge if isinstance(merge, list) else merge.split(" ")  # older files write "a b"
+    merges = [m.split(" ") if isinstance(m, str) else m for m in model.get("merges", [])]  # older files: "a b"
+    need(all(isinstance(m, list) and len(m) == 2 and all(isinstance(x, str) for x in m) for m in merges), path,
+         "model.merges", "holds an entry that is not a pair of tokens")
+    for n, (a, b) in enumerate(merges):
         i = model["vocab"].get(a + b)  # None: the merge builds a token that is not in the vocab
         if i is None or i < previous:
             raise TokenizerError(f"{path}: merge {n} ({a!r} + {b!r}) is out of id order, so tiktoken's ranks "
@@ -122,6 +134,8 @@ def bpe(ranks: dict[bytes, int], data: bytes) -> list[int]:
 
 def split_pat(path: Path, step: dict) -> str:
     """HF Split(pattern, behavior, invert) -> a regex whose matches are exactly Split's pieces."""
+    need(isinstance(p := step.get("pattern"), dict) and isinstance(p.get("Regex", p.get("String")), str), path,
+         "pre_tokenizer Split pattern", f"is {p!r}, not a Regex or a String")
     # a String pattern is a literal: escape the characters that mean something in a regex
     pattern = step["pattern"].get("Regex") or re.sub(r"[\\.^$|?*+()\[\]{}]", lambda m: "\\" + m.group(),
                                                      step["pattern"]["String"])
@@ -138,12 +152,14 @@ def split_pat(path: Path, step: dict) -> str:
 
 def pat_from_pre_tokenizer(path: Path, pre: dict | None) -> str:
     """tokenizer.json's pre_tokenizer (Digits? then Split? then ByteLevel) -> one tiktoken pat_str."""
-    steps = list(pre["pretokenizers"]) if pre and pre["type"] == "Sequence" else [pre] if pre else []
+    sequence = isinstance(pre, dict) and pre.get("type") == "Sequence"
+    steps = list(pre["pretokenizers"]) if sequence else [pre] if pre else []
+    need(all(isinstance(s, dict) and isinstance(s.get("type"), str) for s in steps), path, "pre_tokenizer",
+         "has a step without its \"type\"")
     if not steps or steps[-1]["type"] != "ByteLevel":
         raise TokenizerError(f"{path}: pre-tokenizer is not ByteLevel (SentencePiece/Metaspace?) - {SUPPORTED}")
     byte_level = steps.pop()
-    if byte_level.get("add_prefix_space"):
-        raise TokenizerError(f"{path}: ByteLevel add_prefix_space=true is not supported - {SUPPORTED}")
+    need(not byte_level.get("add_prefix_space"), path, "ByteLevel", "add_prefix_space=true is not supported", SUPPORTED)
     use_regex = byte_level.get("use_regex", True)  # older files omit the key; the default is true
     # HF runs the steps in order, each on the pieces of the one before; only these orders have one regex
     digits = steps.pop(0) if steps and steps[0]["type"] == "Digits" else None
@@ -179,21 +195,23 @@ def safe_chunks(text: str, size: int = CHUNK_CHARS):
 # reading the files
 
 def read_json(path: Path) -> dict:
-    """Parse a JSON file; {} if it does not exist."""
+    """Parse a JSON object from a regular file; {} if it does not exist."""
     if not path.is_file():
+        need(not path.exists(), path, "the file", "is not a regular file (a device, pipe or directory)")
         return {}
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        obj = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise TokenizerError(f"{path}: not valid JSON ({e}) - re-download the file") from None
+    need(isinstance(obj, dict), path, "the top level", f"is a JSON {type(obj).__name__}, not an object")
+    return obj
 
 
 def read_tokenizer_json(path: Path) -> tuple[dict[bytes, int], dict[str, int], str, bool, str | None]:
     """tokenizer.json -> (ranks, added tokens {text: id}, pat_str, NFC or not, token HF puts first or None)."""
     spec = read_json(path)
-    model = spec.get("model", {})
-    if model.get("type") != "BPE":
-        raise TokenizerError(f"{path}: model type {model.get('type')} is not BPE - {SUPPORTED}")
+    need(isinstance(model := spec.get("model", {}), dict), path, "model", "is not an object")
+    need(model.get("type") == "BPE", path, "model type", f"{model.get('type')} is not BPE", SUPPORTED)
     if model.get("byte_fallback") or model.get("continuing_subword_prefix") or model.get("end_of_word_suffix"):
         raise TokenizerError(f"{path}: SentencePiece-style BPE (byte_fallback or subword affixes) - {SUPPORTED}")
     normalizer = spec.get("normalizer")
@@ -205,10 +223,13 @@ def read_tokenizer_json(path: Path) -> tuple[dict[bytes, int], dict[str, int], s
     if decoder and decoder["type"] != "ByteLevel":
         raise TokenizerError(f"{path}: decoder {decoder['type']} is not ByteLevel - {SUPPORTED}")
     added = {}
-    for t in spec.get("added_tokens", []):
-        if t.get("lstrip") or t.get("rstrip") or t.get("single_word"):
-            raise TokenizerError(f"{path}: added token {t['content']!r} strips spaces or needs whole words, "
-                                 f"which tiktoken cannot mirror - {SUPPORTED}")
+    for n, t in enumerate(spec.get("added_tokens", [])):
+        need(isinstance(t, dict) and isinstance(t.get("content"), str) and is_id(t.get("id")), path,
+             f"added_tokens[{n}]", "needs a string content and a token id")
+        if not t["content"]:  # HF never matches an empty added token; tiktoken would put it between every character
+            continue
+        need(not (t.get("lstrip") or t.get("rstrip") or t.get("single_word")), path, f"added token {t['content']!r}",
+             "strips spaces or needs whole words, which tiktoken cannot mirror", SUPPORTED)
         added[t["content"]] = t["id"]
     ranks = ranks_from_bpe(path, model, set(added.values()))
     # Llama 3's post-processor puts <|begin_of_text|> first; SmolLM2's and Qwen's put nothing
@@ -241,7 +262,7 @@ def read_chat_format(directory: Path, tokenizer_config: dict) -> ChatFormat | No
     template = jinja.read_text(encoding="utf-8") if jinja.is_file() else tokenizer_config.get("chat_template")
     if isinstance(template, list):  # several named templates: the default one is the chat format
         template = next((t["template"] for t in template if t.get("name") == "default"), None)
-    if not template:
+    if not isinstance(template, str) or not template:
         return None
     if "<|im_start|>" in template:
         # the default system prompt is a literal between "<|im_start|>system\n" and "<|im_end|>"; \n may be
@@ -263,13 +284,17 @@ def read_bos_eos(directory: Path, config: dict, ranks: dict[bytes, int], special
     """bos id and stop ids: tokenizer_config.json names the tokens, generation_config.json adds stop ids."""
     def token_id(token) -> int:
         """A token named in tokenizer_config.json -> its id."""
-        text = token["content"] if isinstance(token, dict) else token  # older files write {"content": ...}
-        if text in specials or text.encode() in ranks:
-            return specials.get(text, ranks.get(text.encode()))
-        raise TokenizerError(f"{directory / 'tokenizer_config.json'}: token {text!r} is not in the vocab - "
-                             f"fix bos_token / eos_token")
+        text = token.get("content") if isinstance(token, dict) else token  # older files write {"content": ...}
+        need(isinstance(text, str), directory / "tokenizer_config.json", "bos_token / eos_token",
+             f"is {token!r}, not a token or an object with its \"content\"")
+        need(text in specials or text.encode() in ranks, directory / "tokenizer_config.json", f"token {text!r}",
+             "is not in the vocab", "fix bos_token / eos_token")
+        return specials.get(text, ranks.get(text.encode()))
 
     generation = read_json(directory / "generation_config.json")
+    for key, value in [(k, generation.get(k)) for k in ("bos_token_id", "eos_token_id")]:  # an id or a list
+        need(all(map(is_id, value if isinstance(value, list) else [] if value is None else [value])),
+             directory / "generation_config.json", key, f"is {value!r}, not token ids")
     if "bos_token" in config:  # [qwen] an explicit null means no bos at all
         bos = None if config["bos_token"] is None else token_id(config["bos_token"])
     elif generation.get("bos_token_id") is not None:
@@ -291,21 +316,35 @@ class Tokenizer:
     def __init__(self, ranks: dict[bytes, int], specials: dict[str, int], pat_str: str, *, bos_id: int | None,
                  eos_ids: list[int], nfc: bool, chat_format: ChatFormat | None, add_bos: bool, source: str):
         # tiktoken returns a token's rank as its id; the ranks here are the checkpoint's ids by construction
-        self.encoding = tiktoken.Encoding(name=Path(source).parent.name or "red", pat_str=pat_str,
-                                          mergeable_ranks=ranks, special_tokens=specials)
+        try:
+            self.encoding = tiktoken.Encoding(name=Path(source).parent.name or "red", pat_str=pat_str,
+                                              mergeable_ranks=ranks, special_tokens=specials)
+            self._pat = regex.compile(pat_str)
+        except (ValueError, OverflowError, regex.error) as e:  # OverflowError: an id tiktoken cannot hold
+            need(False, source, "pre_tokenizer regex or an id", f"is unusable ({str(e)[:100]})")
         self.bos_id, self.eos_ids, self.source = bos_id, eos_ids, source
         # whether the checkpoint's own tokenizer starts every text with bos (Llama 3 yes; SmolLM2, whose
         # configured bos is <|im_start|>, and Qwen no); `encode` adds bos only when asked
         self.add_bos = add_bos
         self.eos_id = eos_ids[0] if eos_ids else None  # None only for a bare tokenizer file without configs
         self.vocab_size = self.encoding.n_vocab  # max id + 1, special tokens included
-        self.nfc, self.chat_format = nfc, chat_format
-        self._ranks, self._specials, self._pat = ranks, specials, regex.compile(pat_str)
+        need(all(i < self.vocab_size for i in [bos_id, *eos_ids] if i is not None), source, "bos / eos ids",
+             f"{[bos_id, *eos_ids]} (tokenizer_config / generation_config) reach past its {self.vocab_size} ids")
+        self.nfc, self.chat_format, self._ranks, self._specials = nfc, chat_format, ranks, specials
         # longest first, so that of two added tokens starting at one place the longer wins, as in HF
         alternatives = "|".join(map(re.escape, sorted(specials, key=len, reverse=True)))
         self._special_re = re.compile(f"({alternatives})") if alternatives else None
         # bytes without a token of their own (SmolLM2 has no b"\x04"): HF drops them, tiktoken would panic
         self._missing = bytes(sorted(set(range(256)) - {k[0] for k in ranks if len(k) == 1}))
+        saved, null = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, 2)  # a Rust panic prints lines of its own to fd 2: silenced while the probes run
+        os.close(null)
+        try:
+            for probe in PROBES:  # a regex that backtracks without end is refused now, not in the middle of a run
+                self._encode_chunk(probe)
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
 
     def encode(self, text: str, *, bos: bool = False, eos: bool = False) -> list[int]:
         """Text -> ids; added tokens in the text become their ids; bos/eos only if the tokenizer has them."""
@@ -331,18 +370,23 @@ class Tokenizer:
 
     def _encode_chunk(self, text: str) -> list[int]:
         """Text without added tokens -> ids; bytes the vocab lacks are dropped after splitting, as in HF."""
-        if not self._lacks_bytes(text):
-            return self.encoding.encode_ordinary(text)
-        ids = []
-        for small in safe_chunks(text, size=100):  # keep the slow path to the few words around such a byte
-            if not self._lacks_bytes(small):
-                ids.extend(self.encoding.encode_ordinary(small))
-                continue
-            # HF splits first, then drops the unknown bytes inside each piece and merges the rest; tiktoken
-            # cannot skip bytes, so split and merge here with the same regex and ranks
-            for piece in self._pat.findall(small):
-                ids.extend(bpe(self._ranks, piece.encode("utf-8").translate(None, self._missing)))
-        return ids
+        try:
+            if not self._lacks_bytes(text):
+                return self.encoding.encode_ordinary(text)
+            ids = []
+            for small in safe_chunks(text, size=100):  # keep the slow path to the few words around such a byte
+                if not self._lacks_bytes(small):
+                    ids.extend(self.encoding.encode_ordinary(small))
+                    continue
+                # HF splits first, then drops the unknown bytes inside each piece and merges the rest; tiktoken
+                # cannot skip bytes, so split and merge here with the same regex and ranks
+                for piece in self._pat.findall(small, timeout=5):  # `regex` has no backtracking limit
+                    ids.extend(bpe(self._ranks, piece.encode("utf-8").translate(None, self._missing)))
+            return ids
+        except BaseException as e:  # a regex that backtracks without end: tiktoken panics, `regex` times out
+            need(not isinstance(e, TimeoutError) and type(e).__name__ != "PanicException", self.source,
+                 "pre_tokenizer regex", f"backtracks without end on {text[:30]!r}...")
+            raise  # anything else (Ctrl-C, a bug) as it is
 
     def decode(self, ids: list[int]) -> str:
         """Ids -> text; added tokens decode to their text, invalid UTF-8 to U+FFFD (as HF's ByteLevel)."""
@@ -389,16 +433,18 @@ def load_tokenizer(path: str | Path) -> Tokenizer:
         file, directory = path, path.parent
     else:
         raise TokenizerError(f"{path}: no such file or directory - check the path")
-    config = read_json(directory / "tokenizer_config.json")
-    if file.suffix == ".json":
-        ranks, specials, pat_str, nfc, prefix = read_tokenizer_json(file)
-        bos, eos = None, []
-        chat_format = read_chat_format(directory, config)
-    else:  # Llama 3's own format: its pat_str and special tokens are fixed, as in llama3's tokenizer.py
-        (ranks, specials), pat_str, nfc = read_tiktoken_model(file), LLAMA3_PAT, False
-        prefix = "<|begin_of_text|>"
-        bos, eos = specials[prefix], [specials["<|end_of_text|>"], specials["<|eot_id|>"]]
-        chat_format = read_chat_format(directory, config) or ChatFormat("llama3")
-    bos, eos = read_bos_eos(directory, config, ranks, specials, bos, eos)
+    try:
+        config = read_json(directory / "tokenizer_config.json")
+        if file.suffix == ".json":
+            ranks, specials, pat_str, nfc, prefix = read_tokenizer_json(file)
+            bos, eos, chat_format = None, [], read_chat_format(directory, config)
+        else:  # Llama 3's own format: its pat_str and special tokens are fixed, as in llama3's tokenizer.py
+            (ranks, specials), pat_str, nfc = read_tiktoken_model(file), LLAMA3_PAT, False
+            prefix = "<|begin_of_text|>"
+            bos, eos = specials[prefix], [specials["<|end_of_text|>"], specials["<|eot_id|>"]]
+            chat_format = read_chat_format(directory, config) or ChatFormat("llama3")
+        bos, eos = read_bos_eos(directory, config, ranks, specials, bos, eos)
+    except (KeyError, TypeError, AttributeError, IndexError) as e:  # a field of a kind the checks did not name
+        need(False, file, "a field", f"is missing or malformed ({type(e).__name__}: {e})")
     return Tokenizer(ranks, specials, pat_str, bos_id=bos, eos_ids=eos, nfc=nfc, chat_format=chat_format,
                      add_bos=bos is not None and specials.get(prefix) == bos, source=str(file))
