@@ -85,14 +85,19 @@ def _is_number(text: str) -> bool:
 
 def json_row(line: str):
     """One JSON value (a line of a .jsonl file, a sidecar); every way it can be bad is a ValueError with a short
-    message: integers past Python's int() limit (4300 digits) are read as exact Decimals instead of raising,
-    and nesting too deep for the parser is refused."""
+    message: integers past Python's int() limit (4300 digits) are read as exact Decimals instead of raising;
+    nesting too deep for the parser and unpaired surrogates (not text: they cannot be written back) are refused."""
     try:
-        return json.loads(line, parse_int=_json_int)
+        row = json.loads(line, parse_int=_json_int)
+        if "\\ud" in line.lower():  # an escaped surrogate is text only in a pair (which json joins into one)
+            json.dumps(row, ensure_ascii=False).encode("utf-8")
+        return row
     except json.JSONDecodeError as e:
         raise ValueError(e.msg) from None
     except RecursionError:
         raise ValueError("nested too deeply") from None
+    except UnicodeEncodeError:
+        raise ValueError("a lone surrogate escape such as \\ud800, which is no character") from None
 
 
 def _json_int(text: str) -> int | Decimal:

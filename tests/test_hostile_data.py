@@ -109,6 +109,7 @@ def world(tmp_path_factory):
     f["lookalike"] = put(t / "lookalike.jsonl", json.dumps({"generation": "mine", "note": 1}) + "\n")
     f["zero_gold"] = put(t / "zero.jsonl", json.dumps({"question": "q", "answer": "#### 1/0"}) + "\n")
     f["string_row"] = put(t / "string.jsonl", '"just a string"\n')
+    f["surrogate"] = put(t / "surrogate.jsonl", '{"question": "a \\ud800 b?", "answer": "#### 3", "text": "x"}\n')
     base = ["--teacher", teacher, "--width", "32", "--data", corpus, "--seq-len", "32", "--batch-size", "4",
             "--n-calib", "4", "--eval-problems", "0"]
     distill.main(base + ["--steps", "1", "--out", str(t / "run")])
@@ -191,6 +192,8 @@ def cases(w) -> list[tuple[str, object, list[str], str]]:
         ("eval row a string", vm, ev(w["string_row"]), "needs a 'question' string"),
         ("eval row nested deep", vm, ev(w["deep_row"]), "nested too deeply"),
         ("eval gold divides by 0", vm, ev(w["zero_gold"]), "no numeric gold answer"),
+        ("eval lone surrogate", vm, ev(w["surrogate"], "--out", str(t / "p.jsonl")), "lone surrogate"),
+        ("data lone surrogate", dm, dd(w["surrogate"]), "lone surrogate"),
         # SOURCE:WEIGHT
         ("weight 0", dm, dd(w["corpus"] + ":0"), "weight must be a number in (0, 100]"),
         ("weight -1", dm, dd(w["corpus"] + ":-1"), "weight must be"),
