@@ -175,6 +175,7 @@ class Run:
     autocast: object
     log: object                       # print on rank 0, silent elsewhere
     lock: object                      # the run directory's lock, held while this process lives
+    step: object = None               # train_step's pieces: PlainStep, or lean.LeanStep (--step lean)
 
 
 def setup(given: dict) -> Run:
@@ -199,7 +200,18 @@ def setup(given: dict) -> Run:
             "init_info": info}, rank)
     log = print if rank == 0 else (lambda *a, **k: None)
     log("config: " + json.dumps(dataclasses.asdict(cfg)))
-    return Run(cfg, rank, world, teacher, tok, student, optimizer, stream, val, start, autocast, log, lock)
+    return Run(cfg, rank, world, teacher, tok, student, optimizer, stream, val, start, autocast, log, lock, step)
+
+
+def lean_or_plain(cfg: Config, student: Student, on_gpu: bool) -> tuple:
+    """(student, train_step's pieces, fused AdamW?): --step lean swaps lean.py's blocks into the student and
+    trains in the autocast precision (bf16 on CUDA), with AdamW's fused kernel and TF32 for what stays fp32."""
+    if cfg.step == "plain":
+        return student, PlainStep, None
+    if on_gpu:
+        torch.set_float32_matmul_precision("high")  # TF32 for the fp32 matmuls left (the masters' updates)
+    dtype = torch.bfloat16 if on_gpu else torch.float32
+    return make_lean(student, cfg.recompute), LeanStep(dtype, cfg.recompute), True if on_gpu else None
 
 
 def load_teacher(cfg: Config, resume: bool) -> tuple:
@@ -283,7 +295,7 @@ def train(run: Run) -> bool:
             for group in optimizer.param_groups:
                 group["lr"] = lr
             micro = [run.stream.next().to(cfg.device) for _ in range(cfg.grad_accum)]
-            logs = train_step(student, run.teacher, micro, cfg, run.autocast, run.tok.vocab_size)
+            logs = train_step(student, run.teacher, micro, cfg, run.autocast, run.tok.vocab_size, run.step)
             if not math.isfinite(logs["loss"]):
                 raise RunError(f"loss is {logs['loss']} at step {step} - lower --lr or check the data; the last "
                                f"checkpoint in {cfg.run_dir} is untouched")

@@ -13,25 +13,31 @@ plugs the same step together from these pieces instead; tests/test_lean.py check
                                   input side dP = W_t^T G, output side dP = W_t G^T (no graph rebuilt).
   CloneMSE, LeanCloneLoss         a clone term that saves only its difference s - t in the activations'
                                   precision (the plain term saves it in fp32), and the teacher's targets let go
-                                  as soon as their term is formed (mlp_out's stays: P_down's gradient needs it).
+                                  as soon as their term is formed.
+  ProjectedCloneMSE               the mlp_out term through P_down with P_down's gradient formed in the forward:
+                                  the teacher's MLP output is not kept for it.
   RMSNormFn, LeanRMSNorm          RMSNorm saving its input and the per-token 1/rms only (the plain one also
                                   keeps an fp32 copy of the input and its normalised output).
+  NormRecipes, LeanBlock          the norm's output, which the linears after it save, kept as its recipe (the
+                                  norm's input, already saved) and made again in the backward.
   SwiGLUDown, LeanMLP             down(silu(gate) * up) saving gate and up only: silu(gate) and the product are
                                   recomputed in the backward (the plain MLP keeps both).
 
-`make_lean(student)` swaps LeanRMSNorm and LeanMLP into the student's weightless shell (same parameter names,
-same taps), so `student(tokens, weights=...)` runs them; the teacher and every merged model keep model.py's.
+`make_lean(student)` swaps LeanBlocks and a LeanRMSNorm into the student's weightless shell (same parameter
+names, same taps), so `student(tokens, weights=...)` runs them; the teacher and every merged model keep model.py's.
 
 Builds on model.py (the modules it replaces), student.py (the projections and their sides) and kd_loss.py
 (CloneLoss, clone_mse's kinds).
 Run as: imported by distill.py (--step lean, the default on CUDA) and bench/bench_memory.py.
 """
+import contextvars
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from kd_loss import CloneLoss
-from model import MLP
+from model import MLP, Block
 from student import Student, replaying, unsharded
 
 
@@ -103,6 +109,33 @@ def clone_mse_lean(student_act, teacher_act, kind: str = "mse") -> torch.Tensor:
     return CloneMSE.apply(student_act, teacher_act, scale)
 
 
+class ProjectedCloneMSE(torch.autograd.Function):
+    """The mlp_out term, scale * mean((s - t P)^2): s (B, T, W) the student's MLP output, t (B, T, D_t) the
+    teacher's, P = P_down (D_t, W). P's gradient -t^T (the gradient w.r.t. t P) is formed in the forward, so
+    neither t nor a copy of P is saved: only the gradient w.r.t. s (B, T, W) and that (D_t, W) matrix."""
+
+    @staticmethod
+    def forward(ctx, s, t, P, kind: str):
+        tP = t @ P.to(t.dtype)                                      # (B, T, W)
+        if kind == "skip-first":
+            s, t, tP = s[:, 1:], t[:, 1:], tP[:, 1:]
+        scale = 1.0 / tP.detach().float().pow(2).mean().clamp_min(1e-20).item() if kind == "relative" else 1.0
+        diff = s.float() - tP.float()
+        unit = (diff * (2 * scale / diff.numel())).to(s.dtype)      # d value / d s
+        dP = -(t.reshape(-1, t.shape[-1]).T @ unit.reshape(-1, unit.shape[-1]).to(t.dtype))  # (D_t, W)
+        ctx.save_for_backward(unit, dP)
+        ctx.skip_first, ctx.P_dtype = kind == "skip-first", P.dtype
+        return diff.pow(2).mean() * scale
+
+    @staticmethod
+    def backward(ctx, grad):
+        unit, dP = ctx.saved_tensors
+        g_s = unit * grad.to(unit.dtype)
+        if ctx.skip_first:  # position 0 took no part
+            g_s = torch.cat([torch.zeros_like(g_s[:, :1]), g_s], dim=1)
+        return g_s, None, (dP.float() * grad).to(ctx.P_dtype), None
+
+
 class LeanCloneLoss(CloneLoss):
     """CloneLoss with CloneMSE, dropping each teacher target once its term is formed, so the targets do not
     outlive the forward (unless the blocks are recomputed in the backward, which asks for them again)."""
@@ -113,6 +146,15 @@ class LeanCloneLoss(CloneLoss):
 
     def target(self, layer: int, name: str) -> torch.Tensor:
         return self.targets[layer, name] if self.recompute else self.targets.pop((layer, name))
+
+    def tap(self, layer: int, name: str, x: torch.Tensor):
+        if name == "mlp_out" and "mlp_out" in self.loss:  # through P_down, as CloneLoss does, in one Function
+            value = ProjectedCloneMSE.apply(x, self.target(layer, "mlp_out"), self.student.layers[layer]["down"],
+                                            self.kind)
+            if not replaying():
+                self.loss["mlp_out"] = self.loss["mlp_out"] + value
+        else:
+            super().tap(layer, name, x)
 
     def add(self, term: str, x: torch.Tensor, target: torch.Tensor):
         value = clone_mse_lean(x, target, self.kind)
@@ -144,7 +186,8 @@ class RMSNormFn(torch.autograd.Function):
 
 
 class LeanRMSNorm(nn.Module):
-    """model.RMSNorm's parameters and output through RMSNormFn."""
+    """model.RMSNorm's parameters and output through RMSNormFn; inside a LeanBlock its output is saved by the
+    linears after it as a recipe (NormRecipes), not as a tensor."""
 
     def __init__(self, dim: int, eps: float):
         super().__init__()
@@ -152,7 +195,42 @@ class LeanRMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return RMSNormFn.apply(x, self.weight, self.eps)
+        out = RMSNormFn.apply(x, self.weight, self.eps)
+        recipes = _recipes.get()
+        if recipes is not None:
+            recipes.remember(out, x, self.weight, self.eps)
+        return out
+
+
+class NormRecipes:
+    """Saved-tensor hooks for one block's forward: when a linear saves a LeanRMSNorm's output a (B, T, W) for its
+    weight gradient, keep instead what makes it (the norm's input x, which the norm saves anyway, its gain and
+    eps) and make a again in the backward, bit for bit. The block then holds x once, not x and a."""
+
+    def __init__(self):
+        self.made: dict[int, tuple] = {}  # storage address of a norm output -> (output, x, gain, eps)
+
+    def remember(self, out, x, weight, eps: float):
+        self.made[out.untyped_storage().data_ptr()] = (out, x, weight, eps)
+
+    def pack(self, t: torch.Tensor):
+        made = self.made.get(t.untyped_storage().data_ptr())
+        if made is None or made[0].dtype != t.dtype:
+            return t
+        _, x, weight, eps = made
+        return x, weight, eps, t.shape, t.stride(), t.storage_offset()
+
+    @staticmethod
+    def unpack(packed):
+        if isinstance(packed, torch.Tensor):
+            return packed
+        x, weight, eps, shape, stride, offset = packed
+        x32 = x.float()
+        out = weight * (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)).type_as(x)  # RMSNormFn's
+        return out.as_strided(shape, stride, offset)
+
+
+_recipes: contextvars.ContextVar = contextvars.ContextVar("norm_recipes", default=None)
 
 
 class SwiGLUDown(torch.autograd.Function):
@@ -189,14 +267,34 @@ class LeanMLP(MLP):
         return SwiGLUDown.apply(gate, up, self.down_proj.weight)
 
 
-def make_lean(student: Student) -> Student:
-    """Swap LeanRMSNorm and LeanMLP into the student's weightless shell, in place (parameter names unchanged)."""
+class LeanBlock(Block):
+    """model.Block with LeanRMSNorm and LeanMLP, whose forward saves its norms' outputs as NormRecipes."""
+
+    def __init__(self, args, layer: int, recipes: bool = True):
+        super().__init__(args, layer)
+        self.input_layernorm = LeanRMSNorm(args.dim, args.norm_eps)
+        self.post_attention_layernorm = LeanRMSNorm(args.dim, args.norm_eps)
+        self.mlp = LeanMLP(args, layer)
+        self.recipes = recipes
+
+    def forward(self, *args):
+        if not self.recipes:  # under activation checkpointing, whose own hooks must see every saved tensor
+            return super().forward(*args)
+        recipes = NormRecipes()
+        token = _recipes.set(recipes)
+        try:
+            with torch.autograd.graph.saved_tensors_hooks(recipes.pack, recipes.unpack):
+                return super().forward(*args)
+        finally:
+            _recipes.reset(token)
+
+
+def make_lean(student: Student, recompute: bool = False) -> Student:
+    """Swap LeanBlocks (LeanRMSNorm, LeanMLP, the norms' outputs saved as recipes unless the blocks are recomputed)
+    and a LeanRMSNorm into the student's weightless shell, in place: the parameter names do not change."""
     args, shell = student.args, student.shell
     with torch.device("meta"):
-        for i, block in enumerate(shell.layers):
-            block.input_layernorm = LeanRMSNorm(args.dim, args.norm_eps)
-            block.post_attention_layernorm = LeanRMSNorm(args.dim, args.norm_eps)
-            block.mlp = LeanMLP(args, i)
+        shell.layers = nn.ModuleList(LeanBlock(args, i, recipes=not recompute) for i in range(args.n_layers))
         shell.norm = LeanRMSNorm(args.dim, args.norm_eps)
     return student
 

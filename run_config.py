@@ -37,7 +37,7 @@ from student import default_width
 PRESETS = {"red": dict(init="select", importance="red", kl_temperature=1.0, alpha=0.2),
            "lrc": dict(init="gaussian", kl_temperature=40.0, alpha=0.2)}
 MAY_CHANGE = ("steps", "stop_at", "eval_every", "ckpt_every", "eval_problems", "device", "kd_chunk", "recompute",
-              "out")
+              "step", "out")
 
 
 @dataclass
@@ -60,6 +60,7 @@ class Config:
     orth_reg: float = 0.0             # lambda of the orthogonal-regularisation baseline (0: off)
     kd_chunk: int = 1024              # tokens per chunk of the CE + KL (0: the full logits at once)
     recompute: bool = False           # activation checkpointing of the student's blocks
+    step: str = ""                    # "plain" (distill.PlainStep) or "lean" (lean.LeanStep); "" = lean on CUDA
     steps: int = 1000
     batch_size: int = 8               # windows per micro-batch, all ranks together
     grad_accum: int = 1
@@ -111,6 +112,9 @@ def flag_parser() -> argparse.ArgumentParser:
                                                      "without the full logits (default 1024; 0: full logits)")
     add("--recompute", action=argparse.BooleanOptionalAction, help="activation checkpointing: keep each student "
         "block's input only and run the block again in the backward (less memory, one more student forward)")
+    add("--step", choices=["plain", "lean"], help="the training step's pieces: plain (the method as written, fp32 "
+        "weights) or lean (lean.py: weights in the training precision, less saved for the backward; the same "
+        "step to rounding); default lean on CUDA, plain elsewhere")
     add("--steps", type=cli.int_at_least(0), help="optimizer steps (default 1000; 0: write the step-0 student)")
     add("--batch-size", type=cli.int_in(1, 1 << 16), help="windows per micro-batch, all ranks together (default 8; "
                                                          "at most the training windows)")
@@ -169,7 +173,7 @@ def resolve_config(given: dict, resume: bool) -> Config:
         if not given.get("out"):
             given = given | {"out": resumed_out(saved, run_dir)}
     preset = given.get("preset", saved.get("preset", "red"))
-    ours = LOCATIONS + ("device", "stop_at")  # this machine's device, this command's --stop-at
+    ours = LOCATIONS + ("device", "stop_at", "step")  # this machine's device and step, this command's --stop-at
     values = dataclasses.asdict(Config()) | PRESETS[preset] | {k: v for k, v in saved.items() if k not in ours} | given
     values["teacher"] = values["teacher"] or example_teacher()
     values["width"] = values["width"] or default_width(read_config(values["teacher"])[1])
@@ -177,6 +181,7 @@ def resolve_config(given: dict, resume: bool) -> Config:
     values["run_dir"] = run_dir
     values["warmup"] = max(1, round(0.005 * values["steps"])) if values["warmup"] is None else values["warmup"]
     values["device"] = values["device"] or cli.default_device()
+    values["step"] = values["step"] or ("lean" if values["device"].startswith("cuda") else "plain")
     return Config(**values)
 
 

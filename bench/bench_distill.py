@@ -11,7 +11,9 @@ recomputed in the backward (--recompute), are run in one process. The FLOP rate 
 plain torch.mm of the same dtype measured in the same process; the step's peak memory is what the step adds
 to the process (CPU: resident set sampled by a thread; CUDA: the allocator's peak).
 
-Builds on distill.py (train_step, Config), kd_loss.py, student.py and init_select.py.
+The plain step (distill.PlainStep) runs every setting; the lean one (lean.py) the two chunked ones, beside it.
+
+Builds on distill.py (train_step, PlainStep, Config), lean.py, kd_loss.py, student.py and init_select.py.
 Run as: python bench/bench_distill.py [--teacher DIR] [--width 288] [--batch 8] [--seq-len 512] [--accum 8]
 """
 import argparse
@@ -29,6 +31,7 @@ from load_weights import load_model  # noqa: E402
 from run_config import Config  # noqa: E402
 from scripts.example_teacher import build_example_teacher  # noqa: E402
 from bench.timing import peak_memory  # noqa: E402
+from lean import LeanStep, make_lean  # noqa: E402
 from student import Student  # noqa: E402
 
 
@@ -49,14 +52,16 @@ def sync(device):
         torch.cuda.synchronize()
 
 
-def step_flops(teacher, width: int, tokens: int) -> dict:
+def step_flops(teacher, width: int, tokens: int, materialise_units: int = 3) -> dict:
     """Weight-matmul FLOPs of one step, from the teacher's shapes: 2 per weight entry per token forward, twice
-    that backward. Every student matrix is a teacher matrix with D_t -> W on one side; materialising it costs
-    2 D_t W per teacher entry, once forward, again inside backward_through, and its backward (2x)."""
+    that backward (an untied embedding is a lookup, not a matmul). Every student matrix is a teacher matrix with
+    D_t -> W on one side; materialising it costs 2 D_t W per teacher entry, `materialise_units` times: the plain
+    step (distill.PlainStep) 3 (W_t P, W_t P again inside backward_through, and dP), the lean one 2 (lean.py)."""
     n_teacher = sum(p.numel() for p in teacher.parameters() if p.dim() == 2)  # incl. the LM head
-    n_student = n_teacher // teacher.args.dim * width
-    return {"teacher": 2 * n_teacher * tokens, "student": 6 * n_student * tokens,
-            "materialise": 4 * 2 * n_teacher * width}
+    lookup = 0 if teacher.lm_head is None else teacher.embed_tokens.weight.numel()  # no matmul per token
+    per_token = (n_teacher - lookup) // teacher.args.dim
+    return {"teacher": 2 * per_token * teacher.args.dim * tokens, "student": 6 * per_token * width * tokens,
+            "materialise": materialise_units * 2 * n_teacher * width}
 
 
 def clock(fn, device) -> float:
@@ -68,10 +73,11 @@ def clock(fn, device) -> float:
     return time.perf_counter() - t
 
 
-def timed_step(student, teacher, optimizer, micro, cfg, autocast, device, vocab_size) -> dict:
-    """One real optimizer step (distill.train_step + AdamW), and the library calls it is made of, timed alone."""
+def timed_step(student, teacher, optimizer, micro, cfg, autocast, device, vocab_size, step) -> dict:
+    """One real optimizer step (distill.train_step with `step`'s pieces + AdamW), and the library calls it is made
+    of, timed alone."""
     def real_step():
-        distill.train_step(student, teacher, micro, cfg, autocast, vocab_size)
+        distill.train_step(student, teacher, micro, cfg, autocast, vocab_size, step)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
@@ -80,7 +86,7 @@ def timed_step(student, teacher, optimizer, micro, cfg, autocast, device, vocab_
             for tokens in micro:
                 teacher(tokens, tap=TeacherTargets(cfg.clone_terms).tap)
     with torch.no_grad():
-        materialise = clock(student.materialize, device)
+        materialise = clock(lambda: step.materialize(student), device)
     total = clock(real_step, device)
     teacher_s = clock(teacher_forwards, device)
     return {"total": total, "materialise": materialise, "teacher": teacher_s,
@@ -105,41 +111,50 @@ def main():
     teacher = load_model(args.teacher or build_example_teacher(), device=args.device, dtype=dtype)
     teacher.requires_grad_(False)
     proj, norms, _ = init_projections("gaussian", teacher, args.width)  # the init does not change the cost
-    student = Student(teacher, args.width, proj, norms)
-    optimizer = torch.optim.AdamW(student.parameters(), lr=1e-4)
+    pieces = {"plain": (Student(teacher, args.width, proj, norms), distill.PlainStep),
+              "lean": (make_lean(Student(teacher, args.width, proj, norms)), LeanStep(dtype))}
+    pieces = {k: (s, torch.optim.AdamW(s.parameters(), lr=1e-4), step) for k, (s, step) in pieces.items()}
     peak = matmul_rate(dtype, args.device)
     tokens = torch.randint(0, teacher.args.vocab_size, (args.batch, args.seq_len), device=args.device)
     print(f"{args.device}, {dtype}, {torch.get_num_threads()} threads; width {args.width}; "
           f"{args.batch} x {args.seq_len} tokens per step; torch.mm rate {peak / 1e9:.1f} GFLOP/s")
-    print(f"{'accum':>5s} {'KD loss':>13s} {'recompute':>9s} {'step s':>7s} {'tok/s':>6s} {'step peak MiB':>13s} "
+    print(f"{'step':>5s} {'accum':>5s} {'KD loss':>13s} {'recompute':>9s} {'step s':>7s} {'tok/s':>6s} {'step peak MiB':>13s} "
           f"{'materialise':>11s} {'teacher':>7s} {'student+bwd':>11s} {'GFLOP/s':>7s} {'of mm':>6s}")
     chunk = args.kd_chunk
-    settings = [(1, 0, False), (1, chunk, False), (1, chunk, True), (args.accum, 0, False), (args.accum, chunk, False)]
+    settings = [("plain", 1, 0, False), ("plain", 1, chunk, False), ("plain", 1, chunk, True),
+                ("plain", args.accum, 0, False), ("plain", args.accum, chunk, False),
+                ("lean", 1, chunk, False), ("lean", args.accum, chunk, False)]
     results = {}
-    for accum, kd_chunk, recompute in settings:  # each setting's own warm-up, then its timed steps
+    for kind, accum, kd_chunk, recompute in settings:  # each setting's own warm-up, then its timed steps
         micro = list(tokens.chunk(accum))
         # the red preset's loss: T = 1, alpha 0.2, every clone term, seq_sum
         cfg = Config(kd_chunk=kd_chunk, recompute=recompute)
-        step = lambda: timed_step(student, teacher, optimizer, micro, cfg, autocast, args.device,
-                                  teacher.args.vocab_size)
+        student, optimizer, pieces_of = pieces[kind]
+        step = lambda: timed_step(student, teacher, optimizer, micro, cfg, autocast, args.device,  # noqa: E731
+                                  teacher.args.vocab_size, pieces_of)
         step()
         runs = [step() for _ in range(args.steps)]
         _, peak_bytes = peak_memory(step, args.device)  # one more step, its memory watched (not timed)
-        results[accum, kd_chunk, recompute] = ({k: sum(r[k] for r in runs) / len(runs) for k in runs[0]}
-                                               | {"peak": peak_bytes})
-    flops = sum(step_flops(teacher, args.width, tokens.numel()).values())  # recomputation is not counted as work
-    for (accum, kd_chunk, recompute), parts in results.items():
+        results[kind, accum, kd_chunk, recompute] = ({k: sum(r[k] for r in runs) / len(runs) for k in runs[0]}
+                                                     | {"peak": peak_bytes})
+    for (kind, accum, kd_chunk, recompute), parts in results.items():
+        # recomputation is not counted as work; the lean step materialises twice, the plain one three times
+        flops = sum(step_flops(teacher, args.width, tokens.numel(), 2 if kind == "lean" else 3).values())
         total = parts["total"]
         share = lambda k: f"{parts[k] / total:.1%}"
         loss = f"chunks of {kd_chunk}" if kd_chunk else "full logits"
-        print(f"{accum:5d} {loss:>13s} {'yes' if recompute else 'no':>9s} {total:7.2f} {tokens.numel() / total:6.0f} "
+        print(f"{kind:>5s} {accum:5d} {loss:>13s} {'yes' if recompute else 'no':>9s} {total:7.2f} {tokens.numel() / total:6.0f} "
               f"{parts['peak'] / 2**20:13.0f} {share('materialise'):>11s} {share('teacher'):>7s} "
               f"{share('student'):>11s} {flops / total / 1e9:7.1f} {flops / total / peak:6.1%}")
-    for accum, other, name in ((1, (1, chunk, False), "chunked"), (args.accum, (args.accum, chunk, False), "chunked"),
-                               (1, (1, chunk, True), "chunked + recompute")):
-        base, new = results[accum, 0, False], results[other]
-        print(f"accum {accum}: {name} / full logits: step time {new['total'] / base['total']:.2f}x, "
-              f"step peak memory {new['peak'] / base['peak']:.2f}x")
+    for base, other, name in (
+            (("plain", 1, 0, False), ("plain", 1, chunk, False), "chunked / full logits"),
+            (("plain", args.accum, 0, False), ("plain", args.accum, chunk, False), "chunked / full logits"),
+            (("plain", 1, 0, False), ("plain", 1, chunk, True), "chunked + recompute / full logits"),
+            (("plain", 1, chunk, False), ("lean", 1, chunk, False), "lean / plain step, chunked"),
+            (("plain", args.accum, chunk, False), ("lean", args.accum, chunk, False), "lean / plain step, chunked")):
+        a, b = results[base], results[other]
+        print(f"accum {base[1]}: {name}: step time {b['total'] / a['total']:.2f}x, "
+              f"step peak memory {b['peak'] / a['peak']:.2f}x")
 
 
 if __name__ == "__main__":

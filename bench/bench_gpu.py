@@ -9,7 +9,9 @@
    with the FLOPs written out: teacher forward 2 N_t per token; student forward and backward 6 N_s per token
    (N = the matmul weights, LM head included); causal attention 2 * 2 * T/2 * H * Dh per token and layer
    forward (QK^T and AV), 3x that for the student's forward and backward; the materialisation of the student's
-   weights, 2 D_t W per weight entry, 4x (forward, recomputation in the backward, and its backward).
+   weights, 2 D_t W per weight entry, 3x for the plain step (forward, again inside backward_through, dP) and 2x
+   for the lean one (forward, dP). Both steps are swept, the lean one (lean.py, distill.py's default on CUDA)
+   first, then the plain one (distill.PlainStep), and compared at LRC's 3 x 2048 tokens per GPU.
    --compile also times the student's forward under torch.compile; --recompute sweeps with the student's blocks
    recomputed in the backward (distill.py --recompute), for when memory binds.
 2. Correctness on a tiny Llama: 20 steps on CUDA in fp32 equal 20 steps on the CPU to 1e-4 (largest
@@ -19,7 +21,8 @@ LRC's reference point: 84K tokens/s on 8 x H800 for its 1.5B student (10.5K per 
 6,144 tokens per GPU. Run as: python bench/bench_gpu.py [--peak-tflops 989] [--compile] [--recompute]
 (--device cpu --tiny runs the same code on a small model on the CPU: what the test suite does).
 
-Builds on distill.py (train_step), run_config.py (Config), student.py, init_select.py, load_weights.py and model.py.
+Builds on distill.py (train_step, PlainStep), lean.py, run_config.py (Config), student.py, init_select.py,
+load_weights.py and model.py.
 """
 import argparse
 import os
@@ -30,6 +33,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import distill  # noqa: E402
+import lean  # noqa: E402
 from init_select import init_projections  # noqa: E402
 from load_weights import args_from_hf_config  # noqa: E402
 from model import Transformer, rope_inv_freq  # noqa: E402
@@ -65,19 +69,31 @@ def cast(model: Transformer, dtype, device=None) -> Transformer:
     return model
 
 
-def step_flops(teacher: Transformer, width: int, batch: int, seq_len: int) -> dict:
+def step_flops(teacher: Transformer, width: int, batch: int, seq_len: int, materialise_units: int) -> dict:
     """The FLOPs of one step, by part (see the module docstring): bench_distill's weight matmuls plus causal
     attention, 2 * 2 * T/2 * H * Dh per token and layer forward, 3x that for the student's forward and backward."""
     a, tokens = teacher.args, batch * seq_len
-    flops = bench_distill.step_flops(teacher, width, tokens)
+    flops = bench_distill.step_flops(teacher, width, tokens, materialise_units)
     attention = 2 * 2 * (seq_len / 2) * a.n_heads * a.head_dim * a.n_layers * tokens
     return flops | {"teacher": flops["teacher"] + attention, "student": flops["student"] + 3 * attention}
 
 
-def one_step(student, teacher, optimizer, tokens, cfg, autocast, vocab_size):
-    distill.train_step(student, teacher, [tokens], cfg, autocast, vocab_size)
+def one_step(student, teacher, optimizer, tokens, cfg, autocast, vocab_size, step=distill.PlainStep):
+    distill.train_step(student, teacher, [tokens], cfg, autocast, vocab_size, step)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
+
+
+def prepared(kind: str, teacher, width: int, dtype: torch.dtype, recompute: bool) -> tuple:
+    """(student, optimizer, train_step's pieces) of the "plain" or "lean" step (training in `dtype`), as
+    distill.py makes them."""
+    proj, norms, _ = init_projections("gaussian", teacher, width, seed=0)
+    student = Student(teacher, width, proj, norms)
+    if kind == "plain":
+        return student, torch.optim.AdamW(student.parameters(), lr=1e-4), distill.PlainStep
+    on_gpu = teacher.embed_tokens.weight.is_cuda
+    optimizer = torch.optim.AdamW(student.parameters(), lr=1e-4, fused=True if on_gpu else None)
+    return lean.make_lean(student, recompute), optimizer, lean.LeanStep(dtype, recompute)
 
 
 def throughput(args):
@@ -85,37 +101,51 @@ def throughput(args):
     on_gpu = device.startswith("cuda")
     teacher = random_teacher(TINY_LLAMA if args.tiny else LLAMA_3_2_3B, device,
                              torch.bfloat16 if on_gpu else torch.float32)
-    proj, norms, _ = init_projections("gaussian", teacher, width)
-    student = Student(teacher, width, proj, norms)
-    optimizer = torch.optim.AdamW(student.parameters(), lr=1e-4)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if on_gpu else torch.autocast("cpu", enabled=False)
     cfg = Config(recompute=args.recompute)  # the red preset's loss, chunked
     name = "tiny Llama" if args.tiny else "Llama-3.2-3B (random weights)"
-    print(f"{name} -> width {width}, seq {seq_len}, {'bf16 autocast' if on_gpu else 'fp32'} on {device}; "
-          f"peak {args.peak_tflops} TFLOP/s{'; blocks recomputed in the backward' if args.recompute else ''}")
-    print(f"{'micro-batch':>11s} {'tokens':>7s} {'step s':>7s} {'tok/s':>8s} {'peak GiB':>8s} {'MFU':>6s}")
-    for batch in MICRO_BATCHES[:args.max_sweep]:
-        tokens = torch.randint(0, teacher.args.vocab_size, (batch, seq_len), device=device)
-        try:
-            one_step(student, teacher, optimizer, tokens, cfg, autocast, teacher.args.vocab_size)  # warm-up
-            if on_gpu:
-                torch.cuda.synchronize()
-                torch.cuda.reset_peak_memory_stats()
-            start = time.perf_counter()
-            for _ in range(args.steps):
-                one_step(student, teacher, optimizer, tokens, cfg, autocast, teacher.args.vocab_size)
-            if on_gpu:
-                torch.cuda.synchronize()
-        except torch.cuda.OutOfMemoryError:
-            print(f"{batch:11d} {batch * seq_len:7d}  out of memory: the sweep ends here")
-            break
-        seconds = (time.perf_counter() - start) / args.steps
-        peak = torch.cuda.max_memory_allocated() / 2**30 if on_gpu else float("nan")
-        flops = step_flops(teacher, width, batch, seq_len)
-        mfu = sum(flops.values()) / seconds / (args.peak_tflops * 1e12)
-        print(f"{batch:11d} {batch * seq_len:7d} {seconds:7.3f} {batch * seq_len / seconds:8.0f} {peak:8.1f} "
-              f"{mfu:6.1%}   FLOPs: " + ", ".join(f"{k} {v / 1e12:.1f}T" for k, v in flops.items()), flush=True)
+    at_lrc = {}  # step kind -> (tokens/s, peak GiB) at LRC's 3 sequences per GPU
+    for kind in args.step:
+        student, optimizer, step = prepared(kind, teacher, width, torch.bfloat16 if on_gpu else torch.float32,
+                                            args.recompute)
+        print(f"\n{kind} step: {name} -> width {width}, seq {seq_len}, {'bf16 autocast' if on_gpu else 'fp32'} on "
+              f"{device}; peak {args.peak_tflops} TFLOP/s{'; blocks recomputed in the backward' * args.recompute}")
+        print(f"{'micro-batch':>11s} {'tokens':>7s} {'step s':>7s} {'tok/s':>8s} {'peak GiB':>8s} {'MFU':>6s}")
+        run = lambda tokens: one_step(student, teacher, optimizer, tokens, cfg, autocast,  # noqa: E731
+                                      teacher.args.vocab_size, step)
+        for batch in MICRO_BATCHES[:args.max_sweep]:
+            tokens = torch.randint(0, teacher.args.vocab_size, (batch, seq_len), device=device)
+            try:
+                run(tokens)  # warm-up
+                if on_gpu:
+                    torch.cuda.synchronize()
+                    torch.cuda.reset_peak_memory_stats()
+                start = time.perf_counter()
+                for _ in range(args.steps):
+                    run(tokens)
+                if on_gpu:
+                    torch.cuda.synchronize()
+            except torch.cuda.OutOfMemoryError:
+                print(f"{batch:11d} {batch * seq_len:7d}  out of memory: the sweep ends here")
+                break
+            seconds = (time.perf_counter() - start) / args.steps
+            peak = torch.cuda.max_memory_allocated() / 2**30 if on_gpu else float("nan")
+            flops = step_flops(teacher, width, batch, seq_len, 3 if kind == "plain" else 2)
+            mfu = sum(flops.values()) / seconds / (args.peak_tflops * 1e12)
+            if batch == 3:
+                at_lrc[kind] = (batch * seq_len / seconds, peak)
+            print(f"{batch:11d} {batch * seq_len:7d} {seconds:7.3f} {batch * seq_len / seconds:8.0f} {peak:8.1f} "
+                  f"{mfu:6.1%}   FLOPs: " + ", ".join(f"{k} {v / 1e12:.1f}T" for k, v in flops.items()), flush=True)
+        del student, optimizer
+        if on_gpu:
+            torch.cuda.empty_cache()
+    if len(at_lrc) == 2:
+        (lean_tps, lean_peak), (plain_tps, plain_peak) = at_lrc["lean"], at_lrc["plain"]
+        print(f"\nat 3 x {seq_len} tokens: lean {lean_tps:.0f} tokens/s, {lean_peak:.1f} GiB; plain {plain_tps:.0f} "
+              f"tokens/s, {plain_peak:.1f} GiB; lean / plain: {lean_tps / plain_tps:.2f}x the speed, "
+              f"{lean_peak / plain_peak:.2f}x the memory")
     if args.compile:
+        student, _, _ = prepared("plain", teacher, width, torch.float32, False)
         compiled = torch.compile(student)
         tokens = torch.randint(0, teacher.args.vocab_size, (1, seq_len), device=device)
         with torch.no_grad(), autocast:
@@ -129,16 +159,16 @@ def throughput(args):
                 print(f"student forward, 1 x {seq_len}, {label}: {(time.perf_counter() - start) / args.steps:.3f} s")
 
 
-def train_20_steps(teacher, device, autocast, steps=20) -> dict:
-    """The projections after `steps` AdamW steps from one Gaussian init on fixed data."""
+def train_20_steps(teacher, device, autocast, steps=20, kind="plain") -> dict:
+    """The projections after `steps` AdamW steps of the "plain" or "lean" step from one Gaussian init."""
     teacher = cast(teacher, teacher.embed_tokens.weight.dtype, device)
-    proj, norms, _ = init_projections("gaussian", teacher, 32, seed=0)
-    student = Student(teacher, 32, proj, norms)
-    optimizer = torch.optim.AdamW(student.parameters(), lr=1e-3)
+    student, optimizer, step = prepared(kind, teacher, 32, torch.bfloat16, False)  # lean: bf16 weights
+    for group in optimizer.param_groups:
+        group["lr"] = 1e-3
     data = torch.randint(0, teacher.args.vocab_size, (steps, 4, 64), generator=torch.Generator().manual_seed(1))
     for tokens in data:
         one_step(student, teacher, optimizer, tokens.to(device), Config(kd_chunk=100), autocast,
-                 teacher.args.vocab_size)
+                 teacher.args.vocab_size, step)
     return {k: v.detach().cpu() for k, v in student.state_dict().items()}
 
 
@@ -150,13 +180,15 @@ def correctness(args):
         print("correctness: no CUDA device here - the CUDA-against-CPU check needs a GPU")
         return True
     ok = True
-    for label, autocast, tolerance in (("fp32", torch.autocast("cuda", enabled=False), 1e-4),
-                                       ("bf16 autocast", torch.autocast("cuda", dtype=torch.bfloat16), 5e-2)):
+    for label, autocast, tolerance, kind in (
+            ("fp32", torch.autocast("cuda", enabled=False), 1e-4, "plain"),
+            ("bf16 autocast", torch.autocast("cuda", dtype=torch.bfloat16), 5e-2, "plain"),
+            ("bf16 autocast, lean step", torch.autocast("cuda", dtype=torch.bfloat16), 5e-2, "lean")):
         if label == "fp32":
             torch.backends.cuda.matmul.allow_tf32 = False  # TF32 matmuls would be a 1e-3 difference by design
         teacher_dtype = torch.float32 if label == "fp32" else torch.bfloat16  # distill.py's teacher on a GPU
         cuda = train_20_steps(cast(random_teacher(TINY_LLAMA, "cpu", torch.float32), teacher_dtype), args.device,
-                              autocast)
+                              autocast, kind=kind)
         worst = max((cuda[k] - reference[k]).abs().max().item() for k in reference) / scale
         ok &= worst <= tolerance
         print(f"correctness, 20 steps, CUDA {label} vs CPU fp32: largest difference {worst:.2e} of the largest "
@@ -176,6 +208,8 @@ def main():
     parser.add_argument("--recompute", action="store_true", help="activation checkpointing of the student "
                                                                  "(its extra forward is not counted in the MFU)")
     parser.add_argument("--compile", action="store_true", help="also time the student forward under torch.compile")
+    parser.add_argument("--step", nargs="+", choices=["lean", "plain"], default=["lean", "plain"],
+                        help="the training steps to sweep (default both, lean first)")
     args = parser.parse_args()
     ok = correctness(args)
     throughput(args)

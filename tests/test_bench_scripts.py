@@ -110,7 +110,8 @@ def test_bench_gpu_runs_its_sweep_and_checks_on_a_tiny_model():
     assert result.returncode == 0, result.stderr[-2000:]
     assert "no CUDA device here" in result.stdout and "blocks recomputed" in result.stdout
     rows = [line.split() for line in result.stdout.splitlines() if line.strip()[:1].isdigit()]
-    assert [int(r[0]) for r in rows] == [1, 2] and all(float(r[3]) > 0 for r in rows)  # tokens/s
+    assert [int(r[0]) for r in rows] == [1, 2, 1, 2] and all(float(r[3]) > 0 for r in rows)  # tokens/s
+    assert result.stdout.index("lean step") < result.stdout.index("plain step")  # both swept, the lean one first
 
 
 def test_paper_shapes_distil_resume_and_load_in_transformers():

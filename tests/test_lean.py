@@ -6,18 +6,21 @@ Builds on lean.py, distill.py (train_step, PlainStep), student.py, kd_loss.py an
 tiny models.
 Run as: pytest tests/test_lean.py -q
 """
+import os
+
 import pytest
 import torch
 
 import distill
 from init_select import init_projections
 from kd_loss import CloneLoss, TeacherTargets, clone_mse
-from lean import (LeanStep, RMSNormFn, SwiGLUDown, backward_direct, clone_mse_lean, make_lean, materialize_in)
+from lean import (LeanStep, ProjectedCloneMSE, RMSNormFn, SwiGLUDown, backward_direct, clone_mse_lean, make_lean, materialize_in)
 from load_weights import load_model
 from model import RMSNorm
 from run_config import Config
 from student import Student, backward_through, leaf_copies
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FP32 = torch.autocast("cpu", enabled=False)
 BF16 = torch.autocast("cpu", dtype=torch.bfloat16)
 
@@ -81,6 +84,18 @@ def test_clone_mse_lean_equals_clone_mse(kind):
     assert relative_gap(s2.grad, s1.grad) < 1e-6 and relative_gap(t2.grad, t1.grad) < 1e-6
 
 
+@pytest.mark.parametrize("kind", ["mse", "skip-first", "relative"])
+def test_projected_clone_mse_equals_clone_mse_through_p_down(kind):
+    torch.manual_seed(0)
+    s, t, P = torch.randn(2, 6, 8), torch.randn(2, 6, 12), torch.randn(12, 8) / 4
+    s1, P1, s2, P2 = (x.clone().requires_grad_() for x in (s, P, s, P))
+    plain, lean = clone_mse(s1, t @ P1, kind), ProjectedCloneMSE.apply(s2, t, P2, kind)
+    assert lean.item() == pytest.approx(plain.item(), rel=1e-6)
+    plain.backward()
+    lean.backward()
+    assert relative_gap(s2.grad, s1.grad) < 1e-6 and relative_gap(P2.grad, P1.grad) < 1e-6
+
+
 @pytest.mark.parametrize("family", ["llama", "qwen2", "qwen3"])
 def test_materialize_in_fp32_is_materialize_and_backward_direct_is_backward_through(tiny_model, family):
     teacher = load_model(tiny_model(family))
@@ -107,7 +122,7 @@ def test_lean_step_equals_the_plain_step_in_fp32(tiny_model, family, kd_chunk, k
     plain, lean = students(teacher)
     micro = micro_batches()
     plain_logs = distill.train_step(plain, teacher, micro, cfg, FP32, vocab_size=250)
-    logs = distill.train_step(make_lean(lean), teacher, micro, cfg, FP32, vocab_size=250,
+    logs = distill.train_step(make_lean(lean, recompute), teacher, micro, cfg, FP32, vocab_size=250,
                               step=LeanStep(torch.float32, recompute))
     assert logs.keys() == plain_logs.keys()
     for key in plain_logs:
@@ -155,3 +170,34 @@ def test_lean_clone_loss_lets_the_targets_go(tiny_model):
         teacher(tokens, tap=kept.tap)
     student(tokens, tap=CloneLoss(kept, teacher, student).tap, weights=leaf_copies(student.materialize()))
     assert len(kept.acts) == 7 * teacher.args.n_layers
+
+
+def test_distill_with_step_lean_trains_as_the_plain_step(tiny_teacher, tmp_path):
+    """distill.py --step lean on the CPU (fp32): the same run as --step plain, step for step."""
+    import json
+    import subprocess
+    import sys
+    losses = {}
+    for step in ("plain", "lean"):
+        out = tmp_path / step
+        done = subprocess.run([sys.executable, "distill.py", "--teacher", tiny_teacher("llama"), "--width", "32",
+                               "--data", "problems:300", "--seq-len", "32", "--batch-size", "4", "--n-calib", "4",
+                               "--steps", "4", "--eval-every", "4", "--eval-problems", "0", "--step", step,
+                               "--out", str(out)], cwd=ROOT, capture_output=True, text=True,
+                              env=dict(os.environ, OMP_NUM_THREADS="1"))
+        assert done.returncode == 0, done.stderr[-2000:]
+        with open(str(out) + ".run/metrics.jsonl") as f:
+            losses[step] = [r["loss"] for r in map(json.loads, f) if "loss" in r]
+    assert len(losses["lean"]) == 4 and losses["lean"] == pytest.approx(losses["plain"], rel=1e-5)
+
+
+def test_lean_step_saves_at_most_110_kb_per_token_per_layer_at_the_3b_shapes():
+    """bench/bench_memory.py's count at Llama-3.2-3B's shapes (one layer) under CPU bf16 autocast: the lean step
+    keeps at most 110 KB per token per layer for its backward (the plain one about 289 KB), and no weight twice."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("bench_memory", os.path.join(ROOT, "bench", "bench_memory.py"))
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    row = bench.measure(tokens=(16, 48), steps=("lean",))["lean"]
+    assert row["saved"] + row["targets"] <= bench.GOAL and row["targets"] == 0
+    assert row["weights"] == pytest.approx(1.0, rel=1e-3)
