@@ -40,11 +40,11 @@ import os
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from data import load_windows
 from erank import measure_model
-from load_weights import LoadError, fingerprint, load_model
+from load_weights import LoadError, checkpoint_files, fingerprint, load_model, read_tensors
 from model import Transformer
 from sources import DataError
 from student import Student, StudentError, check_width, state_shapes, unsharded
@@ -257,13 +257,15 @@ def init_info(path: str) -> dict | None:
     try:
         with safe_open(path, framework="pt") as f:
             meta = f.metadata() or {}
-        return json.loads(meta[INIT_KEY])
+        info = json.loads(meta[INIT_KEY])
+        return info if isinstance(info, dict) else None
     except Exception:  # not safetensors, truncated, or no such key: not an init file either way
         return None
 
 
 def read_init(path: str, teacher: Transformer, teacher_fingerprint: str) -> tuple[Student, dict]:
-    """The Student an init file describes, on `teacher` (refused when the file was made for another teacher)."""
+    """The Student an init file describes, on `teacher` (refused when the file was made for another teacher, or
+    holds anything but finite floating-point tensors: checked here, before a run directory is made)."""
     info = init_info(path) if os.path.isfile(path) else None
     if info is None:
         raise InitError(f"{path}: not an init file written by init_select.py --out - pass one, or an init kind "
@@ -271,7 +273,7 @@ def read_init(path: str, teacher: Transformer, teacher_fingerprint: str) -> tupl
     if info.get("teacher_fingerprint") != teacher_fingerprint:
         raise InitError(f"{path}: made for another teacher ({info.get('teacher')}) - make a new one with "
                         "init_select.py for this teacher")
-    return Student.from_state_dict(teacher, load_file(path)), info
+    return Student.from_state_dict(teacher, read_tensors(path, "init file")), info
 
 
 def add_init_arguments(parser: argparse.ArgumentParser):
@@ -327,7 +329,8 @@ def main(argv=None):
         if not args.out.endswith(".safetensors"):
             raise InitError(f"--out {args.out}: not a .safetensors name - name the init file NAME.safetensors (its "
                             "report goes beside it as NAME.json)")
-        cli.check_outputs({"--teacher": args.teacher, "--calib": args.calib if os.path.exists(args.calib) else None},
+        cli.check_outputs({"--teacher": [args.teacher, *checkpoint_files(args.teacher)],
+                           "--calib": args.calib if os.path.exists(args.calib) else None},
                           [cli.Output("--out", args.out, "file", lambda p: init_info(p) is not None, "init file"),
                            cli.Output("report", report_path, "file", is_report, "init report")])
         tok = load_tokenizer(args.teacher)

@@ -301,15 +301,13 @@ def main(argv=None):
                                                        "or student.safetensors of a distill.py checkpoint)")
     parser.add_argument("--out", required=True, help="output checkpoint directory")
     args = cli.parse_args(parser, argv)
+    from load_weights import checkpoint_files, read_tensors
     with cli.user_errors(LoadError, StudentError):
-        cli.check_outputs({"--teacher": args.teacher, "--state": args.state},
+        cli.check_outputs({"--teacher": [args.teacher, *checkpoint_files(args.teacher)], "--state": args.state},
                           [cli.Output("--out", args.out, "dir", cli.is_checkpoint_dir, "checkpoint directory")])
         teacher = load_model(args.teacher)
-        try:
-            state = load_file(args.state)
-        except Exception as e:  # safetensors raises its own types for missing, truncated or corrupt files
-            raise StudentError(f"{args.state}: unreadable ({type(e).__name__}) - pass a .safetensors student "
-                               "state written by init_select.py or distill.py") from None
+        # finite floating-point tensors only: a NaN state (a diverged run) would be merged into a NaN model
+        state = read_tensors(args.state, "student state")
         student = Student.from_state_dict(teacher, state)
         save_model(student.merge(), args.out, like=args.teacher)
     n_train = sum(p.numel() for p in student.parameters())
