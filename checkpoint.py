@@ -232,7 +232,8 @@ def may_hold_run(path: str) -> bool:
 
 
 def owns_output(run_dir: str, out: str) -> bool:
-    """Whether the student in `out` is the one this run wrote last (its fingerprint, as the marker recorded)."""
+    """Whether the student in `out` is this run's: the one it wrote last, or the one --overwrite gave it to
+    replace (its fingerprint, as the marker recorded)."""
     recorded = (read_marker(run_dir) or {}).get("student")
     try:
         return recorded is not None and recorded == fingerprint(out)
@@ -317,7 +318,7 @@ def _take(path: str, message: str, kind: str = "file"):
 
 def _make_dirs(path: str):
     """os.makedirs, remembering the folders this process made."""
-    missing = []
+    path, missing = os.path.abspath(path), []
     while not os.path.isdir(path):
         missing.append(path)
         path = os.path.dirname(path)
@@ -375,14 +376,15 @@ def release():
 # ---------------------------------------------------------------------------------------------------------
 # Starting and continuing
 
-def start_afresh(run_dir: str):
-    """--overwrite: forget a previous run (checkpoints, metrics, config, the student it wrote); sample caches
-    are kept."""
+def start_afresh(run_dir: str, out: str):
+    """--overwrite: forget a previous run (checkpoints, metrics, config); sample caches are kept. The marker
+    records the student already in --out, if any (the one --overwrite lets this run replace: `owns_output`)."""
     for name in os.listdir(run_dir):
         if CHECKPOINT.fullmatch(name) or name.startswith(".checkpoint-") or name in ("config.json", "metrics.jsonl"):
             path = os.path.join(run_dir, name)
             shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
-    cli.write_json(os.path.join(run_dir, MARKER), NEW_MARKER)
+    existing = {"student": fingerprint(out)} if os.path.isdir(out) and cli.is_checkpoint_dir(out) else {}
+    cli.write_json(os.path.join(run_dir, MARKER), NEW_MARKER | existing)
 
 
 def check_same_teacher(run_dir: str, teacher: str, teacher_fp: str):
@@ -418,7 +420,7 @@ def start_run(run_dir: str, student, optimizer, stream, config: dict, rank: int)
     removes a kill's leftovers too), then the step-0 checkpoint, then `config` as config.json, last: from here
     on, a run exists. Returns step 0."""
     if rank == 0:
-        start_afresh(run_dir)
+        start_afresh(run_dir, config["out"])
         save_checkpoint(run_dir, 0, student, optimizer, {"data": stream.state_dict()})
         cli.write_json(os.path.join(run_dir, "config.json"), locations(config))
     return 0

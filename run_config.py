@@ -229,7 +229,8 @@ def check_saved(saved: dict, run_dir: str) -> dict:
             value = float(value)
         if not (isinstance(value, kind) and (kind is bool or not isinstance(value, bool))
                 or key == "warmup" and value is None):
-            raise bad(key, f"is not a {kind.__name__}")
+            raise bad(key, "is not " + {int: "an integer", float: "a number", str: "a string", bool: "true or false",
+                                        list: "a list"}[kind])
         if kind is list and not all(isinstance(v, str) for v in value):
             raise bad(key, "is not a list of names")
         if key in ("device", "out", "run_dir") or action is None or value is None:
