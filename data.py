@@ -16,6 +16,9 @@ are held out (at least one when it has two or more) and never trained on. Order:
 of (source, window) pairs seeded by (seed, epoch); the position in that stream is two ints, so a checkpoint
 resumes exactly. Distributed: every rank walks the same global batches and keeps its contiguous slice of rows.
 
+`--out FILE.bin` writes the packed ids and FILE.bin.json (dtype, id count, vocab size, documents, sources) and
+replaces only such a pair that data.py wrote, never an input.
+
 Builds on sources.py, tokenizer.py and cli.py.
 Run as: python data.py --tokenizer DIR --data SOURCE[:WEIGHT] ... --seq-len T [--out FILE.bin]
 """
@@ -205,7 +208,8 @@ class Batches:
         """Continue from a saved position; the data and seed must be those of the saved run. Every field is
         checked first (a cursor past the epoch would make next() wait forever for windows that never come), so
         a damaged state is one DataError and the stream is left as it was."""
-        damaged = "the checkpoint's data state is damaged - resume from an intact checkpoint, or start afresh"
+        damaged = ("the checkpoint's data state is damaged - resume from an intact copy, or start afresh with "
+                   "--overwrite")
         if not isinstance(state, dict) or not {"seed", "epoch", "cursor", "draws"} <= set(state):
             raise DataError(f"{damaged} (it needs seed, epoch, cursor and draws)")
         is_int = lambda v: type(v) is int  # not a bool, a float or a string
