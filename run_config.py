@@ -191,8 +191,8 @@ LOCATIONS = ("out", "run_dir")  # where the run and its student are: this comman
 def absolute_inputs(values: dict) -> dict:
     """The teacher, an init file and the data files as absolute paths (built-in sources stay as named)."""
     out = dict(values)
-    for key in ("teacher", "init"):
-        if out.get(key) and os.path.exists(out[key]):
+    for key in ("teacher", "init"):  # (an init is a file only as FILE.safetensors, else a kind)
+        if out.get(key) and os.path.exists(out[key]) and (key == "teacher" or out[key].endswith(".safetensors")):
             out[key] = os.path.abspath(out[key])
     if isinstance(out.get("data"), list):
         out["data"] = [os.path.abspath(name) + spec[len(name):] if os.path.exists(name) else spec
