@@ -51,6 +51,7 @@ from data import Batches, held_out, load_sources
 from erank import measure_model, spectrum_summary
 from init_select import InitError, init_projections, read_init
 from kd_loss import CloneLoss, TeacherTargets, ce_loss, chunked_ce_kl, kl_loss, orthogonality_penalty
+from lean import LeanStep, make_lean
 from load_weights import LoadError, fingerprint, load_model, read_config, save_model
 from model import ContextError
 from run_config import Config, check_sizes, flag_parser, open_run
@@ -191,7 +192,9 @@ def setup(given: dict) -> Run:
     data, stream, val = load_data(cfg, tok, teacher, teacher_fp, rank, world)
     check_sizes(cfg, stream.epoch_len, calibrates=not resume and not cfg.init.endswith(".safetensors"))
     student, info = make_student(cfg, teacher, data, teacher_fp, resume)
-    optimizer = torch.optim.AdamW(student.parameters(), lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0)
+    student, step, fused = lean_or_plain(cfg, student, on_gpu)
+    optimizer = torch.optim.AdamW(student.parameters(), lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
+                                  fused=fused)
     if resume:
         start = ckpt.restore_run(cfg.run_dir, student, optimizer, stream, dataclasses.asdict(cfg), rank)
     else:
