@@ -53,7 +53,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import checkpoint as ckpt  # noqa: E402
 import cli  # noqa: E402
 from experiments import red_vs_lrc as rvl  # noqa: E402
-from experiments.plateau_report import arm_losses, by_run, read_rows, report, write_rows  # noqa: E402
+from experiments.plateau_report import (arm_losses, by_run, read_rows, report, run_end, run_key,  # noqa: E402
+                                        run_label, run_name, write_rows)
 from data import load_windows  # noqa: E402
 from erank import measure_model  # noqa: E402
 from init_select import read_init  # noqa: E402
@@ -189,13 +190,14 @@ def long_run(args, name: str, seed: int, lr: float, teacher, tok, held, check_ti
         measure_point(args, name, seed, lr, step, Student.from_state_dict(teacher, state).merge(), tok, held, seconds)
 
 
-def join(args, other: str):
+def join(args, other: str, fixed=FIXED):
     """Add the finished runs of the experiment in `other` to --out: the same settings and teacher, arms and seeds
     --out does not have (a run joined before is passed over, so `other` may be joined again as it grows). Arms
     run side by side (one process and one thread each, a --out each) are so reported as one experiment. Their
-    points, logs and run directories are copied; `other` is left as it was."""
+    points, logs and run directories are copied; `other` is left as it was. A run is (arm, seed), or in a ladder
+    (experiments/ladder.py) (arm, budget, seed), ending at its budget; `fixed`: the settings that must agree."""
     saved = cli.read_json(os.path.join(other, "config.json"), "experiment config")
-    changed = cli.changed_settings(saved, {k: getattr(args, k) for k in FIXED if k != "rates"})
+    changed = cli.changed_settings(saved, {k: getattr(args, k) for k in fixed if k != "rates"})
     if changed or saved.get("teacher_sha256") != args.fingerprint:
         cli.fail(f"--join {other}: not an experiment of this one's settings and teacher "
                  f"({'; '.join(changed) or 'other teacher weights'}) - join only experiments made alike")
@@ -209,28 +211,26 @@ def join(args, other: str):
                  f"{args.trained_on} - join runs of one device kind")
     mine, theirs = by_run(rows), by_run(read_rows(os.path.join(other, "points.csv")))
     runs = [run for run, points in sorted(theirs.items()) if mine.get(run) != points]  # joined before: passed over
-    def reached_end(points):
-        return str(args.steps) in {r["step"] for r in points}
-
-    for arm, seed in runs:
-        files = os.path.join(args.out, "runs", f"{arm}-s{seed}")
-        if (arm, seed) in mine:  # only a partial run that --out can never finish is replaced
-            if reached_end(mine[arm, seed]):
-                cli.fail(f"--join {other}: {arm} seed {seed} is in --out {args.out} already, with other points - "
+    reached_end = lambda points: str(run_end(points, args.steps)) in {r["step"] for r in points}  # noqa: E731
+    for run in runs:
+        arm, what, files = run[0], run_label(run), os.path.join(args.out, "runs", run_name(run))
+        if run in mine:  # only a partial run that --out can never finish is replaced
+            if reached_end(mine[run]):
+                cli.fail(f"--join {other}: {what} is in --out {args.out} already, with other points - "
                          "join other arms or seeds")
             if os.path.exists(files + ".run"):
-                cli.fail(f"--join {other}: {arm} seed {seed} is a partial run of --out {args.out} - finish it there "
+                cli.fail(f"--join {other}: {what} is a partial run of --out {args.out} - finish it there "
                          f"with --resume, or remove {files}.run to have the join replace it")
-        if not reached_end(theirs[arm, seed]):
-            cli.fail(f"--join {other}: {arm} seed {seed} has not reached step {args.steps} - finish it there "
-                     "with --resume first")
+        if not reached_end(theirs[run]):
+            cli.fail(f"--join {other}: {what} has not reached step {run_end(theirs[run], args.steps)} - finish it "
+                     "there with --resume first")
         if args.rates.get(arm, saved["rates"][arm]) != saved["rates"][arm]:
             cli.fail(f"--join {other}: {arm} ran at lr {saved['rates'][arm]:g}, --out has {args.rates[arm]:g}")
         if os.path.exists(files):
-            cli.fail(f"--join {other}: --out {args.out} has an unmeasured run of {arm} seed {seed} - finish it "
+            cli.fail(f"--join {other}: --out {args.out} has an unmeasured run of {what} - finish it "
                      "there (--resume) or remove its runs/ files")
-    for arm, seed in runs:  # a record (its points only, as docs/ keeps them) has no run files to copy
-        base = os.path.join("runs", f"{arm}-s{seed}")
+    for run in runs:  # a record (its points only, as docs/ keeps them) has no run files to copy
+        base = os.path.join("runs", run_name(run))
         for suffix in ("", ".run", ".log"):
             source, target = os.path.join(other, base + suffix), os.path.join(args.out, base + suffix)
             if os.path.isdir(source):
@@ -239,15 +239,14 @@ def join(args, other: str):
                 shutil.copyfile(source, target)
     if not os.path.exists(os.path.join(args.out, "teacher.json")):  # the same teacher on the same held-out data
         shutil.copyfile(os.path.join(other, "teacher.json"), os.path.join(args.out, "teacher.json"))
-    args.rates |= {arm: saved["rates"][arm] for arm, _ in runs}
+    args.rates |= {run[0]: saved["rates"][run[0]] for run in runs}
     stranded = [run for run in runs if run in mine]  # partial runs (a record's, its run files on a lost machine)
-    kept = [r for r in rows if (r["arm"], r["seed"]) not in stranded]
+    kept = [r for r in rows if run_key(r) not in stranded]
     write_rows(os.path.join(args.out, "points.csv"), kept + [r for run in runs for r in theirs[run]])
-    for arm, seed in stranded:
-        print(f"replaced the partial run of {arm} seed {seed} in --out (steps 0-{mine[arm, seed][-1]['step']}, "
+    for run in stranded:
+        print(f"replaced the partial run of {run_label(run)} in --out (steps 0-{mine[run][-1]['step']}, "
               "no run files to finish it) by the finished one", flush=True)
-    print(f"joined from {other}: " + (", ".join(f"{arm} seed {seed}" for arm, seed in runs) or "nothing new"),
-          flush=True)
+    print(f"joined from {other}: " + (", ".join(run_label(run) for run in runs) or "nothing new"), flush=True)
 
 
 def measure_held(model, tok, held, args) -> tuple[dict, list[dict]]:
@@ -306,19 +305,13 @@ def report_only(out: str):
 
 # ---------------------------------------------------------------------------------------------------------
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def add_experiment_arguments(parser, out: str):
+    """The flags of an experiment on the reasoning teacher, plateau.py's and experiments/ladder.py's alike."""
     parser.add_argument("--teacher", help="teacher directory (experiments/reasoning_teacher.py's); needed except with "
                         "--report")
     parser.add_argument("--width", type=cli.int_at_least(1), default=128)
     parser.add_argument("--arms", nargs="+", choices=list(rvl.RUNS), default=ARMS)
     parser.add_argument("--seeds", nargs="+", type=cli.int_at_least(0), default=[0, 1, 2])
-    parser.add_argument("--steps", type=cli.int_at_least(1), default=3000, help="steps per long run")
-    parser.add_argument("--points", type=cli.int_at_least(1), default=10, help="measured segments per long run")
-    parser.add_argument("--sweep-steps", type=cli.int_at_least(1), default=300)
-    parser.add_argument("--sweep-lrs", nargs="+", type=cli.float_in(0, low_open=True), default=[3e-4, 1e-3, 3e-3])
-    parser.add_argument("--sweep-extend", type=cli.int_at_least(0), default=2, help="rates tried beyond the grid's "
-                        "edge, per side, while an arm's best is there")
     parser.add_argument("--batch-size", type=cli.int_at_least(1), default=8)
     parser.add_argument("--seq-len", type=cli.int_at_least(2), default=256)
     parser.add_argument("--orth-reg", type=cli.float_in(0), default=1e-3, help="lambda of the red+orthreg arm")
@@ -328,8 +321,7 @@ def main():
     parser.add_argument("--eval-per-step", type=cli.int_at_least(1), default=100, help="accuracy problems per step "
                                                                                        "count, every point")
     parser.add_argument("--text-train", help="general text to train on (default: the teacher's text_train.jsonl)")
-    parser.add_argument("--text-heldout", help="general text to measure (default: the teacher's "
-                                               "text_heldout.jsonl)")
+    parser.add_argument("--text-heldout", help="general text to measure (default: the teacher's text_heldout.jsonl)")
     parser.add_argument("--text-weight", type=cli.float_in(0, low_open=True), default=0.5)
     parser.add_argument("--max-new-tokens", type=int, default=48, help="+ 24 per problem step")
     parser.add_argument("--eval-batch", type=int, default=64)
@@ -338,20 +330,19 @@ def main():
                         "(bf16 autocast on a GPU) and every point is measured (fp32): cuda when available")
     parser.add_argument("--max-minutes", type=cli.float_in(0, low_open=True), default=math.inf,
                         help="stop between segments after this long; continue with --resume")
-    parser.add_argument("--out", default="out/plateau")
+    parser.add_argument("--out", default=out)
     parser.add_argument("--resume", action="store_true", help="continue the experiment in --out")
-    parser.add_argument("--sweep-only", action="store_true", help="stop after the learning-rate sweep")
     parser.add_argument("--rates", nargs="+", type=arm_rate, metavar="ARM=LR", help="each arm's learning rate, "
                         "from an earlier sweep (e.g. red=3e-3): no sweep runs")
     parser.add_argument("--join", nargs="+", default=[], metavar="DIR", help="only add the finished runs "
                         "of experiments made alike in other --out directories (e.g. arms run side by side)")
     parser.add_argument("--report", metavar="DIR", help="only rewrite the report of the record in DIR from its "
                         "files (config.json, points.csv): no teacher needed, nothing trained or measured")
-    args = cli.parse_args(parser)
-    if args.report:
-        with cli.user_errors():
-            report_only(args.report)
-        return
+
+
+def open_experiment(args, fixed=FIXED, script="experiments/plateau.py"):
+    """Before any work: the inputs exist, --out is new or (with --resume) this experiment of this very teacher, one
+    process holds it, --join's runs are added; then config.json: the `fixed` settings, teacher sha256, device kind."""
     if not args.teacher:
         cli.fail("--teacher is required (the teacher directory) - or pass --report DIR to rewrite a record's report")
     args.rates = dict(args.rates) if args.rates else None
@@ -377,7 +368,7 @@ def main():
             if old_rates and args.rates and all(old_rates.get(arm, lr) == lr for arm, lr in args.rates.items()):
                 args.rates = old_rates | args.rates
                 saved["rates"] = args.rates  # what the experiment has, with the new arms
-            changed = cli.changed_settings(saved, {k: getattr(args, k) for k in FIXED})
+            changed = cli.changed_settings(saved, {k: getattr(args, k) for k in fixed})
             if changed:
                 cli.fail(f"--out {args.out}: --resume with {'; '.join(changed)} - use the experiment's settings, "
                          "or choose another --out")
@@ -388,20 +379,37 @@ def main():
         if args.rates and set(args.arms) - set(args.rates) and not args.join:
             cli.fail(f"--rates gives no rate for {', '.join(sorted(set(args.arms) - set(args.rates)))} - add ARM=LR "
                      "for each arm of --arms")
-        if args.steps % args.points:
-            cli.fail(f"--steps {args.steps} does not split into --points {args.points} equal segments - pick a "
-                     "multiple")
         try:  # one process per experiment: two would write the same points.csv
             ckpt.lock(args.out)
         except ckpt.RunError:
-            cli.fail(f"--out {args.out}: another experiments/plateau.py is running this experiment - wait for it, or stop "
-                     "it (the same command with --resume continues)")
+            cli.fail(f"--out {args.out}: another {script} is running this experiment - wait for it, or stop it "
+                     "(the same command with --resume continues)")
         if args.join and not args.rates:
             cli.fail("--join needs --rates: it joins experiments of given learning rates, not of a sweep")
         for other in args.join:
-            join(args, other)
-    cli.write_json(config_path, {k: getattr(args, k) for k in FIXED} | {"teacher_sha256": args.fingerprint,
+            join(args, other, fixed)
+    cli.write_json(config_path, {k: getattr(args, k) for k in fixed} | {"teacher_sha256": args.fingerprint,
                                                                          "trained_on": args.trained_on})
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    add_experiment_arguments(parser, "out/plateau")
+    parser.add_argument("--steps", type=cli.int_at_least(1), default=3000, help="steps per long run")
+    parser.add_argument("--points", type=cli.int_at_least(1), default=10, help="measured segments per long run")
+    parser.add_argument("--sweep-steps", type=cli.int_at_least(1), default=300)
+    parser.add_argument("--sweep-lrs", nargs="+", type=cli.float_in(0, low_open=True), default=[3e-4, 1e-3, 3e-3])
+    parser.add_argument("--sweep-extend", type=cli.int_at_least(0), default=2, help="rates tried beyond the grid's "
+                        "edge, per side, while an arm's best is there")
+    parser.add_argument("--sweep-only", action="store_true", help="stop after the learning-rate sweep")
+    args = cli.parse_args(parser)
+    if args.report:
+        with cli.user_errors():
+            report_only(args.report)
+        return
+    if args.steps % args.points:
+        cli.fail(f"--steps {args.steps} does not split into --points {args.points} equal segments - pick a multiple")
+    open_experiment(args)
     if args.join:  # joining is bookkeeping only: the record gains the runs, and nothing is trained here
         write_report(args)
         print(f"tables in {args.out}/plateau.md")

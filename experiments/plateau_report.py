@@ -47,11 +47,31 @@ def read_rows(path: str) -> list[dict]:
         return list(csv.DictReader(f))
 
 
-def by_run(rows: list[dict]) -> dict[tuple[str, str], list[dict]]:
-    """points.csv rows grouped by run, (arm, seed), in their order."""
+def run_key(row: dict) -> tuple[str, ...]:
+    """The run a points.csv row belongs to: (arm, seed), or (arm, budget, seed) in a ladder's record."""
+    return tuple(row[k] for k in ("arm", "budget", "seed") if k in row)
+
+
+def run_name(run: tuple) -> str:
+    """A run's files under runs/: 'red-s0', or in a ladder's record 'red-b600-s0'."""
+    return "-".join([run[0], *(f"b{b}" for b in run[1:-1]), f"s{run[-1]}"])
+
+
+def run_label(run: tuple) -> str:
+    """A run in a message: 'red seed 0', or 'red budget 600 seed 0'."""
+    return " ".join([run[0], *(f"budget {b}" for b in run[1:-1]), f"seed {run[-1]}"])
+
+
+def run_end(points: list[dict], steps: int) -> int:
+    """The last step of a run: its budget in a ladder's record, the experiment's --steps in a plateau record."""
+    return int(points[0].get("budget") or steps)
+
+
+def by_run(rows: list[dict]) -> dict[tuple[str, ...], list[dict]]:
+    """points.csv rows grouped by run (run_key), in their order."""
     runs = {}
     for r in rows:
-        runs.setdefault((r["arm"], r["seed"]), []).append(r)
+        runs.setdefault(run_key(r), []).append(r)
     return runs
 
 
@@ -188,13 +208,22 @@ def interpolated_accuracy(points: list[dict], key: str, target: float, args) -> 
     point that fitted worse and its first that fitted as well (in step order): an interpolation, not a
     measurement. None when RED never fitted as well, or fitted as well from its first trained point on (a line
     from the init, hundreds of perplexity away, says nothing)."""
+    found = bracket(points, key, target)
+    if found is None:
+        return None
+    before, after, w = found
+    return (1 - w) * hard_accuracy(before, args) + w * hard_accuracy(after, args)
+
+
+def bracket(points: list[dict], key: str, target: float) -> tuple[dict, dict, float] | None:
+    """(before, after, w) of interpolated_accuracy: the last point that fitted worse than `target` and the first
+    that fits as well, and the weight of `after` on the line between them; None where there is no reading."""
     after = at_fit(points, key, target)
     i = points.index(after) if after else 0
     if i == 0 or points[i - 1]["step"] == 0:
         return None
     before = points[i - 1]  # fitted worse than `target`, since `after` is the first that fits as well
-    w = (before[key] - target) / (before[key] - after[key])  # 0 at `before`, 1 at `after`
-    return (1 - w) * hard_accuracy(before, args) + w * hard_accuracy(after, args)
+    return before, after, (before[key] - target) / (before[key] - after[key])  # w: 0 at `before`, 1 at `after`
 
 
 def over_last_points(points: list[dict], red: list[dict], key: str, args, last: int = 3) -> tuple[float, float | None]:
