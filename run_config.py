@@ -89,7 +89,8 @@ def flag_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="distill.py", argument_default=argparse.SUPPRESS,
                                 description="Distil a narrow student from a teacher (RED / LRC).")
     add = p.add_argument
-    add("--teacher", type=cli.path_name, help="teacher HF checkpoint directory (default: the example teacher SmolLM2-135M-Instruct)")
+    add("--teacher", type=cli.path_name, help="teacher HF checkpoint directory (default: the example teacher "
+                                              "SmolLM2-135M-Instruct)")
     add("--width", type=cli.int_at_least(1), help="student residual width W, a multiple of the heads (default: "
                                                   "half the teacher's)")
     add("--data", nargs="+", help="SOURCE[:WEIGHT] ...: .txt .jsonl .bin .npy, pydoc, problems:N, self:N "
