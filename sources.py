@@ -52,7 +52,7 @@ class DataError(ValueError):
 def parse_spec(spec: str) -> tuple[str, float]:
     """'SOURCE' or 'SOURCE:WEIGHT' -> (name, weight); builtins pydoc, problems:N, self:N."""
     head, sep, tail = spec.rpartition(":")
-    shown = spec if len(spec) <= 80 else f"{spec[:60]}...{spec[-10:]}"  # a message stays one readable line
+    shown = spec if len(spec) <= 80 else f"...{spec[-77:]}"  # one readable line that keeps the file name
     is_weight = sep and head and _is_number(tail) and not os.path.exists(spec)
     if spec.split(":")[0] in ("self", "problems"):  # self:N[:W], problems:N[:W]
         kind, n, *rest = spec.split(":")
