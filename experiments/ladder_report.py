@@ -73,8 +73,11 @@ def load(out: str) -> tuple[argparse.Namespace, dict | None, dict]:
     args = argparse.Namespace(**cli.read_json(os.path.join(out, "config.json"), "experiment config"), out=out)
     path = os.path.join(out, "teacher.json")
     teacher = parse(cli.read_json(path)) if os.path.exists(path) else None
-    runs = {}
-    for r in map(parse, read_rows(os.path.join(out, "points.csv"))):
+    runs, rows = {}, read_rows(os.path.join(out, "points.csv"))
+    if rows and "budget" not in rows[0]:
+        cli.fail(f"{out}: not a ladder's record (its points have no budget) - report it with experiments/plateau.py "
+                 "--report")
+    for r in map(parse, rows):
         runs.setdefault((r["arm"], r["budget"], r["seed"]), []).append(r)
     return args, teacher, {run: sorted(pts, key=lambda p: p["step"]) for run, pts in runs.items()}
 
@@ -262,7 +265,7 @@ def leads_table(ends: dict, res: Resamples, kinds: dict) -> list[str]:
             found, missed = readings(ends, arm, key, only)
             n, lead, split = sum(map(len, found.values())), res.lead(found, kinds[kind]), sides(found, kinds[kind])
             cells = [arm, "all" if only is None else f"{only[0]:,}", FITS[key], kinds[kind][2],
-                     f"{n} of {n + len(missed)}", *[f"{100 * v:.1f} %" if split else "" for v in split or (0, 0)],
+                     f"{n} of {n + len(missed)}", *([f"{100 * v:.1f} %" for v in split] if split else ["", ""]),
                      *interval(lead), CASES[case(*lead)].format(arm=arm) if lead else ""]
             lines.append("| " + " | ".join(cells) + " |")
     return lines + ["", "RED there: RED's accuracy (same seed) on the line between its two annealed ends that bracket "
@@ -341,6 +344,8 @@ def plot(out: str, ends: dict, res: Resamples, kinds: dict):
     """ladder_fit.png: strict accuracy on the hardest problems against each fit, annealed ends only: one marker per
     seed, the mean over seeds per budget with its bootstrap band (RED: a line through its ladder)."""
     plt = pyplot()
+    if plt is None:
+        print("matplotlib not installed: no PNG (pip install matplotlib)")
     if plt is None or not ends or res is None:
         return
     kind = kinds["strict"]

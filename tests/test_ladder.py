@@ -108,6 +108,15 @@ def test_the_report_says_which_case_the_record_falls_in(tmp_path):
     report(str(tmp_path / "gap"))
     table = (tmp_path / "gap" / "ladder.md").read_text()
     assert "**No decision yet**" in table and "1,500 seed 1: fits no better than RED's shortest rung" in table
+    # a plateau record is not a ladder's: refused in one line
+    plateau_record = tmp_path / "plateau"
+    shutil.copytree(tmp_path / "gap", plateau_record)
+    rows = read_points(plateau_record / "points.csv")
+    from experiments.plateau_report import write_rows
+    write_rows(str(plateau_record / "points.csv"), [{k: v for k, v in r.items() if k != "budget"} for r in rows])
+    with pytest.raises(SystemExit) as refused:
+        report(str(plateau_record))
+    assert refused.value.code == 2
 
 
 def test_accuracies_strict_overrun_scored_and_the_longest_alone():
@@ -218,28 +227,30 @@ def test_ladder_end_to_end_side_by_side_resumed_joined_reported(tmp_path):
               "--corpus-per-step", 10, "--steps-list", 1, 2, "--eval-per-step", 3, "--max-new-tokens", 8,
               "--windows", 8, "--text-train", texts["train"], "--text-heldout", texts["heldout"], "--early", 2]
     red, lrc = tmp_path / "red", tmp_path / "lrc"
-    # two processes side by side, one thread each: RED's first rung, and lrc's one rung
-    side = run_ladder(*common, "--arms", "red", "--budgets", 3, "--rates", "red=3e-3", "--out", red, wait=False)
-    finish(run_ladder(*common, "--arms", "lrc", "--budgets", 4, "--rates", "lrc=3e-3", "--out", lrc, wait=False))
+    # two processes side by side, one thread each (as every pair here): RED's first rung, and lrc's one rung
+    side = run_ladder(*common, "--arms", "red", "--budgets", 2, "--rates", "red=3e-3", "--out", red, wait=False)
+    finish(run_ladder(*common, "--arms", "lrc", "--budgets", 3, "--rates", "lrc=3e-3", "--out", lrc, wait=False))
     finish(side)
-    first = read_points(red / "points.csv")
-    assert [(r["budget"], r["step"]) for r in first] == [("3", "0"), ("3", "2"), ("3", "3")]
-    assert first[-1]["outcomes_1"] and len(first[-1]["outcomes_2"]) == 3 and not first[1]["outcomes_1"]  # end only
-    assert set(first[-1]["outcomes_1"]) <= set("1o0") and math.isfinite(float(first[-1]["answer_nll"]))
-    # --resume with a second rung: the first is not trained again
-    resumed = run_ladder(*common, "--arms", "red", "--budgets", 3, 5, "--rates", "red=3e-3", "--out", red, "--resume")
-    assert "budget     3" not in resumed.stdout and "budget     5 seed 0 step     5" in resumed.stdout
-    points = read_points(red / "points.csv")
-    assert points[:3] == first and [(r["budget"], r["step"]) for r in points[3:]] == [("5", "0"), ("5", "2"),
-                                                                                     ("5", "5")]
-    refused = run_ladder(*common[:-1], 3, "--arms", "red", "--budgets", 3, "--rates", "red=3e-3", "--out", red,
-                         "--resume", check=False)
+    first, theirs = read_points(red / "points.csv"), read_points(lrc / "points.csv")
+    assert [(r["budget"], r["step"]) for r in first + theirs] == [("2", "0"), ("2", "2"), ("3", "0"), ("3", "2"),
+                                                                  ("3", "3")]
+    assert theirs[-1]["outcomes_1"] and len(theirs[-1]["outcomes_2"]) == 3 and not theirs[1]["outcomes_1"]  # end only
+    assert set(theirs[-1]["outcomes_1"]) <= set("1o0") and math.isfinite(float(theirs[-1]["answer_nll"]))
+    # --resume with a second rung: the first is not trained again; beside it, a resume that changes a setting
+    side = run_ladder(*common[:-1], 3, "--arms", "lrc", "--budgets", 3, "--rates", "lrc=3e-3", "--out", lrc,
+                      "--resume", wait=False)
+    resumed = run_ladder(*common, "--arms", "red", "--budgets", 2, 4, "--rates", "red=3e-3", "--out", red, "--resume")
+    refused = finish(side, check=False)
     assert refused.returncode == 2 and "early" in refused.stderr and len(refused.stderr.strip().splitlines()) == 1
+    assert "budget     2" not in resumed.stdout and "budget     4 seed 0 step     4" in resumed.stdout
+    points = read_points(red / "points.csv")
+    assert points[:2] == first and [(r["budget"], r["step"]) for r in points[2:]] == [("4", "0"), ("4", "2"),
+                                                                                     ("4", "4")]
     # joined into one record: nothing trains, the runs' files come along, the report has every part
     both = tmp_path / "both"
     run_ladder(*common, "--rates", "red=3e-3", "lrc=3e-3", "--out", both, "--join", red, lrc)
-    assert read_points(both / "points.csv") == points + read_points(lrc / "points.csv")
-    assert (both / "runs" / "red-b5-s0.run").is_dir() and (both / "runs" / "lrc-b4-s0.log").is_file()
+    assert read_points(both / "points.csv") == points + theirs
+    assert (both / "runs" / "red-b4-s0.run").is_dir() and (both / "runs" / "lrc-b3-s0.log").is_file()
     table = (both / "ladder.md").read_text()
     for part in ("## The decision (docs/METHOD.md §4.5.1)", "## The annealed ends", "| teacher |",
                  "## RED's lead at equal fit", "## Each end against RED's ladder",
@@ -247,18 +258,19 @@ def test_ladder_end_to_end_side_by_side_resumed_joined_reported(tmp_path):
         assert part in table, part
     assert json.load(open(both / "config.json"))["teacher_sha256"] == json.load(open(red / "config.json"))[
         "teacher_sha256"]
-    # the record alone (three files) continues elsewhere: nothing runs again; its report is rewritten byte for byte
-    record = tmp_path / "record"
-    record.mkdir()
-    for name in ("config.json", "teacher.json", "points.csv"):
-        shutil.copyfile(both / name, record / name)
-    again = run_ladder(*common, "--arms", "red", "--budgets", 3, 5, "--rates", "red=3e-3", "--out", record, "--resume")
+    # the record alone (three files) continues elsewhere: nothing runs again; beside it, its report is rewritten
+    # from a copy of those files, byte for byte
+    record, copy = tmp_path / "record", tmp_path / "copy"
+    for path in (record, copy):
+        path.mkdir()
+        for name in ("config.json", "teacher.json", "points.csv"):
+            shutil.copyfile(both / name, path / name)
+    side = run_ladder("--report", copy, wait=False)
+    again = run_ladder(*common, "--arms", "red", "--budgets", 2, 4, "--rates", "red=3e-3", "--out", record, "--resume")
+    finish(side)
     assert " seed 0 step " not in again.stdout and not (record / "inits").exists()
     assert read_points(record / "points.csv") == read_points(both / "points.csv")
-    assert (record / "ladder.md").read_text() == table
-    (record / "ladder.md").unlink()
-    run_ladder("--report", record)
-    assert (record / "ladder.md").read_text() == table
+    assert (record / "ladder.md").read_text() == table == (copy / "ladder.md").read_text()
 
 
 @pytest.mark.parametrize("record", sorted(p.name for p in os.scandir(os.path.join(ROOT, "docs", "records"))
