@@ -10,9 +10,8 @@ would run unfaithfully is a ConfigError, named with the key), `hf_config` writes
 
 `fingerprint` names a checkpoint's exact contents, so a resumed run can check it has the same teacher.
 
-Nothing read is trusted: config.json's sizes are checked against each other and the safetensors headers
-before anything is allocated (`check_weights`); every file read or copied must be a regular file inside the
-checkpoint (`checked_file`); student states and init files must be finite floating point (`read_tensors`).
+Nothing read is trusted: sizes are checked against the headers before anything is allocated (`check_weights`),
+files read or copied must lie inside the checkpoint (`checked_file`), states must be finite (`read_tensors`).
 
 Builds on model.py and cli.py. Run as: python load_weights.py --model DIR   (loads, checks, summarises it)
 """
@@ -172,9 +171,9 @@ def hf_config(args: ModelArgs) -> dict:
 # ---------------------------------------------------------------------------------------------------------
 # Reading
 
-def read_config(path: str) -> tuple[dict, ModelArgs]:
-    """config.json of checkpoint directory `path` as (raw dict, ModelArgs), checked against the weights'
-    headers (`check_weights`) and with every file a saved student would copy checked (`side_files`)."""
+def read_config(path: str, weights: bool = True) -> tuple[dict, ModelArgs]:
+    """config.json of checkpoint `path` as (raw dict, ModelArgs), checked against the weights' headers (not with
+    weights=False: a folder of configs and tokenizer files) and with the files a student copies (`side_files`)."""
     if not os.path.isdir(path):
         raise LoadError(f"{path}: no such directory - pass a Hugging Face checkpoint directory")
     config_path = checked_file(path, "config.json")
@@ -188,7 +187,8 @@ def read_config(path: str) -> tuple[dict, ModelArgs]:
         raise LoadError(f"{config_path}: {e}")
     except (KeyError, TypeError, ValueError) as e:
         raise LoadError(f"{config_path}: missing or malformed field ({e}) - is this a causal LM config.json?")
-    check_weights(path, args)
+    if weights:
+        check_weights(path, args)
     side_files(path)
     return cfg, args
 
@@ -402,7 +402,7 @@ def save_model(model: Transformer, path: str, *, like: str | None = None, dtype:
     (token ids, ...), tokenizer and generation files are carried over, normally the teacher."""
     base = {}
     if like is not None:
-        base, _ = read_config(like)
+        base, _ = read_config(like, weights=False)
         # our config keys below replace the RoPE and size fields; stale transformers-5 RoPE keys must go
         for key in ("rope_parameters", "rope_scaling", "rope_theta", "torch_dtype", "dtype", "transformers_version"):
             base.pop(key, None)

@@ -328,8 +328,8 @@ class Tokenizer:
         self.add_bos = add_bos
         self.eos_id = eos_ids[0] if eos_ids else None  # None only for a bare tokenizer file without configs
         self.vocab_size = self.encoding.n_vocab  # max id + 1, special tokens included
-        need(all(i < self.vocab_size for i in [bos_id, *eos_ids] if i is not None), source, "bos / eos ids",
-             f"{[bos_id, *eos_ids]} (tokenizer_config / generation_config) reach past its {self.vocab_size} ids")
+        need(all(i is None or i < self.vocab_size for i in (bos_id, self.eos_id)), source, "bos / eos id",
+             f"{bos_id} / {self.eos_id} reaches past its {self.vocab_size} ids")  # the ids data is packed with
         self.nfc, self.chat_format, self._ranks, self._specials = nfc, chat_format, ranks, specials
         # longest first, so that of two added tokens starting at one place the longer wins, as in HF
         alternatives = "|".join(map(re.escape, sorted(specials, key=len, reverse=True)))

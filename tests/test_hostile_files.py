@@ -201,7 +201,7 @@ def cases(w) -> list[tuple[str, object, list[str], str]]:
          "tokenizer_config.json: bos_token / eos_token"),
         ("eval: eos_token_id a string", evm, ev(w["string-eos-id"]), "generation_config.json: eos_token_id is '2'"),
         ("init_select: bos_token_id a float", im, i(w["float-bos-id"]), "generation_config.json: bos_token_id is 1.5"),
-        ("distill: an eos id past the vocabulary", dm, d(w["eos-past-vocab"]), "reach past its 300 ids"),
+        ("distill: an eos id past the vocabulary", dm, d(w["eos-past-vocab"]), "reaches past its 300 ids"),
     ]
 
 
