@@ -36,6 +36,7 @@ from safetensors.torch import load_file, save_file
 
 import cli
 from load_weights import fingerprint
+from student import gather_optimizer, optimizer_states, set_optimizer_states
 
 CHECKPOINT = re.compile(r"checkpoint-(\d{8})")
 MARKER, SUMS = "red-run.json", "checksums.json"
@@ -91,10 +92,9 @@ def save_checkpoint(run_dir: str, step: int, student, optimizer, state: dict):
         with cli.writing(os.path.join(tmp, "student.safetensors")):
             save_file({k: v.detach().contiguous().cpu() for k, v in student.state_dict().items()},
                       os.path.join(tmp, "student.safetensors"))
-        opt = {}
-        for i, p in enumerate(student.parameters()):
-            for key, value in optimizer.state.get(p, {}).items():  # step, exp_avg, exp_avg_sq
-                opt[f"{i}.{key}"] = torch.as_tensor(value).detach().contiguous().cpu()
+        opt = {f"{i}.{key}": torch.as_tensor(value).detach().contiguous().cpu()  # step, exp_avg, exp_avg_sq
+               for i, per_param in optimizer_states(optimizer, list(student.parameters())).items()
+               for key, value in per_param.items()}
         with cli.writing(os.path.join(tmp, "optimizer.safetensors")):
             save_file(opt, os.path.join(tmp, "optimizer.safetensors"))
         cli.write_json(os.path.join(tmp, "state.json"), dict(state, step=step))
@@ -195,9 +195,9 @@ def load_checkpoint(path: str, student, optimizer) -> dict:
                 for k, shape in (("step", ()), ("exp_avg", tuple(p.shape)), ("exp_avg_sq", tuple(p.shape)))}
     _check_tensors(path, "optimizer.safetensors", opt, expected if opt else {})  # none before the first step
     student.load_state_dict(weights)
-    for i, p in enumerate(params):
-        keys = [k for k in opt if k.startswith(f"{i}.")]
-        optimizer.state[p] = {k.split(".", 1)[1]: opt[k].to(p.device) if opt[k].dim() else opt[k] for k in keys}
+    states = {i: {k.split(".", 1)[1]: opt[k].to(p.device) if opt[k].dim() else opt[k]
+                  for k in opt if k.startswith(f"{i}.")} for i, p in enumerate(params)}
+    set_optimizer_states(optimizer, params, {i: s for i, s in states.items() if s})
     return state
 
 
@@ -419,6 +419,7 @@ def start_run(run_dir: str, student, optimizer, stream, config: dict, rank: int)
     """A fresh run, written by rank 0: nothing of an earlier one survives but sample caches (start_afresh, which
     removes a kill's leftovers too), then the step-0 checkpoint, then `config` as config.json, last: from here
     on, a run exists. Returns step 0."""
+    gather_optimizer(optimizer)
     if rank == 0:
         start_afresh(run_dir, config["out"])
         save_checkpoint(run_dir, 0, student, optimizer, {"data": stream.state_dict()})

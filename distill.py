@@ -42,6 +42,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+from torch.distributed.optim import ZeroRedundancyOptimizer
 from tqdm import tqdm
 
 import checkpoint as ckpt
@@ -56,8 +57,8 @@ from load_weights import LoadError, fingerprint, load_model, read_config, save_m
 from model import ContextError
 from run_config import Config, check_sizes, flag_parser, open_run
 from sources import DataError
-from student import (Student, StudentError, all_reduce_grads, backward_through, check_width, leaf_copies,
-                     shard_teacher, state_shapes, unsharded)
+from student import (Student, StudentError, all_reduce_grads, backward_through, check_width, gather_optimizer,
+                     largest_over_ranks, leaf_copies, shard_teacher, state_shapes, unsharded)
 from tokenizer import TokenizerError, load_tokenizer
 
 USER_ERRORS = (RunError, LoadError, TokenizerError, DataError, StudentError, InitError, ContextError)
@@ -193,8 +194,7 @@ def setup(given: dict) -> Run:
     check_sizes(cfg, stream.epoch_len, calibrates=not resume and not cfg.init.endswith(".safetensors"))
     student, info = make_student(cfg, teacher, data, teacher_fp, resume)
     student, step, fused = lean_or_plain(cfg, student, on_gpu)
-    optimizer = torch.optim.AdamW(student.parameters(), lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
-                                  fused=fused)
+    optimizer = make_optimizer(cfg, student, world, fused)
     if resume:
         start = ckpt.restore_run(cfg.run_dir, student, optimizer, stream, dataclasses.asdict(cfg), rank)
     else:
@@ -204,6 +204,16 @@ def setup(given: dict) -> Run:
     log = print if rank == 0 else (lambda *a, **k: None)
     log("config: " + json.dumps(dataclasses.asdict(cfg)))
     return Run(cfg, rank, world, teacher, tok, student, optimizer, stream, val, start, autocast, log, lock, step)
+
+
+def make_optimizer(cfg: Config, student: Student, world: int, fused: bool | None):
+    """AdamW over the projections and gains. Under torchrun its moments are sharded over the ranks (ZeRO-1,
+    torch.distributed.optim.ZeroRedundancyOptimizer): each rank updates its share of the projections and
+    broadcasts them, so a GPU holds 1/world of AdamW's state; the same update as one AdamW."""
+    hyper = dict(lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, fused=fused)
+    if world > 1:
+        return ZeroRedundancyOptimizer(student.parameters(), optimizer_class=torch.optim.AdamW, **hyper)
+    return torch.optim.AdamW(student.parameters(), **hyper)
 
 
 def lean_or_plain(cfg: Config, student: Student, on_gpu: bool) -> tuple:
@@ -314,13 +324,14 @@ def train(run: Run) -> bool:
             if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps:
                 record |= validate(student.merge(), *run.val, student=student)
             write(metrics, record)
-            if (step + 1) % cfg.ckpt_every == 0 or step + 1 in (end, cfg.steps) or stop.signal:
+            signal = largest_over_ranks(stop.signal or 0, cfg.device) if run.world > 1 else stop.signal  # all stop
+            if (step + 1) % cfg.ckpt_every == 0 or step + 1 in (end, cfg.steps) or signal:
+                gather_optimizer(optimizer)  # every rank: AdamW's shards to rank 0, which writes
                 if run.rank == 0:
                     ckpt.save_checkpoint(cfg.run_dir, step + 1, student, optimizer, {"data": run.stream.state_dict()})
-            if stop.signal:
+            if signal:
                 bar.close()
-                print(f"stopped by signal {stop.signal} after step {step + 1}; continue with --resume",
-                      file=sys.stderr)
+                print(f"stopped by signal {signal} after step {step + 1}; continue with --resume", file=sys.stderr)
                 sys.exit(130)
     bar.close()
     if end < cfg.steps:

@@ -37,6 +37,7 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 from safetensors.torch import load_file
+from torch.distributed.optim import ZeroRedundancyOptimizer
 from torch.utils.checkpoint import checkpoint
 
 from load_weights import LoadError, load_model, save_model
@@ -238,7 +239,8 @@ def backward_through(student: Student, leaves: dict[str, torch.Tensor]):
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Several processes: the teacher sharded (FSDP2), the student's gradients averaged (DDP)
+# Several processes: the teacher sharded (FSDP2), the student's gradients averaged (DDP), AdamW's state sharded
+# (ZeRO-1)
 
 def shard_teacher(teacher, device: str):
     """FSDP2: every block's weights (and, at the root, embedding, final norm and LM head) split over the ranks,
@@ -259,6 +261,36 @@ def all_reduce_grads(params: list, world_size: int):
     flat /= world_size
     for g, chunk in zip(grads, flat.split([g.numel() for g in grads])):
         g.copy_(chunk.view_as(g))
+
+
+def optimizer_states(optimizer, params: list) -> dict[int, dict]:
+    """Each parameter's AdamW state by its index in `params`. A ZeroRedundancyOptimizer (torchrun) holds only its
+    rank's shard: its state here is what gather_optimizer brought to rank 0."""
+    if isinstance(optimizer, ZeroRedundancyOptimizer):
+        return optimizer.state_dict()["state"]
+    return {i: optimizer.state[p] for i, p in enumerate(params) if optimizer.state.get(p)}
+
+
+def set_optimizer_states(optimizer, params: list, states: dict[int, dict]):
+    """optimizer_states' inverse; a ZeroRedundancyOptimizer keeps the states of its own shard only."""
+    if isinstance(optimizer, ZeroRedundancyOptimizer):
+        optimizer.load_state_dict(torch.optim.Optimizer.state_dict(optimizer) | {"state": states})
+        return
+    for i, p in enumerate(params):
+        optimizer.state[p] = states.get(i, {})
+
+
+def gather_optimizer(optimizer):
+    """Bring a ZeroRedundancyOptimizer's shards to rank 0 before it saves (collective: every rank calls it)."""
+    if isinstance(optimizer, ZeroRedundancyOptimizer):
+        optimizer.consolidate_state_dict(to=0)
+
+
+def largest_over_ranks(value: int, device) -> int:
+    """The largest of an integer over the ranks (e.g. a stop signal seen by some: every rank then stops)."""
+    t = torch.tensor([value], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return int(t.item())
 
 
 # ---------------------------------------------------------------------------------------------------------

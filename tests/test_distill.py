@@ -370,7 +370,9 @@ def test_signals_in_every_phase(tiny_teacher, corpus, tmp_path):
 @pytest.mark.parametrize("mode", ["ddp", "fsdp"])
 def test_two_rank_gloo_matches_single_process(tiny_teacher, corpus, tmp_path, mode):
     """DDP (teacher copied) and --fsdp (teacher sharded by FSDP2; here on self:N data, which the ranks then
-    sample in lockstep) both train exactly like one process with the same global batch."""
+    sample in lockstep) both train exactly like one process with the same global batch. AdamW's moments are
+    sharded over the ranks (ZeRO-1); the ddp run stops at step 2 and resumes, so its checkpoint gathers them and
+    its resume hands each rank its shard: projections and moments equal the single process's to 1e-6."""
     teacher_dir = tiny_teacher("llama")
     data = ["--data", corpus] if mode == "ddp" else ["--data", "self:12"]
     args = lambda out: small_run(teacher_dir, corpus, out, "--steps", 4, "--grad-accum", 2, *data)
@@ -378,17 +380,57 @@ def test_two_rank_gloo_matches_single_process(tiny_teacher, corpus, tmp_path, mo
     env = dict(os.environ, OMP_NUM_THREADS="1")
     flags = ["--fsdp"] if mode == "fsdp" else []
     port = str(29517 + (mode == "fsdp"))  # one port per mode: they may run side by side (pytest -n 2)
-    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                             "--master_port", port, "distill.py", *map(str, args(tmp_path / mode)), *flags],
-                            cwd=ROOT, env=env, capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr[-3000:]
+    torchrun = lambda *extra: subprocess.run(  # noqa: E731
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", port,
+         "distill.py", *map(str, args(tmp_path / mode)), *flags, *map(str, extra)], cwd=ROOT, env=env, capture_output=True,
+        text=True)
+    for extra in (["--stop-at", 2], ["--resume"]) if mode == "ddp" else ([],):
+        result = torchrun(*extra)
+        assert result.returncode == 0, result.stderr[-3000:]
     a, b = latest_state(tmp_path / "single"), latest_state(tmp_path / mode)
-    assert max((a[k] - b[k]).abs().max() for k in a) <= 1e-5
+    assert max(float((a[k] - b[k]).abs().max() / a[k].abs().max()) for k in a) <= 1e-6
+    if mode == "ddp":  # every moment, gathered from both ranks' shards into the checkpoint
+        moments = lambda out: load_file(os.path.join(ckpt.latest_checkpoint(str(out) + ".run"),  # noqa: E731
+                                                     "optimizer.safetensors"))
+        a, b = moments(tmp_path / "single"), moments(tmp_path / mode)
+        assert a.keys() == b.keys() and len(a) == 3 * len(latest_state(tmp_path / mode))
+        assert max(float((a[k] - b[k]).abs().max() / a[k].abs().max().clamp_min(1e-30)) for k in a) <= 1e-6
     if mode == "fsdp":  # the ranks sampled the same sequences as the single process
         cache = lambda d: next(f for f in os.listdir(d) if f.startswith("self-12-seq32-seed0-") and f.endswith(".bin"))
         single, sharded = str(tmp_path / "single.run"), str(tmp_path / "fsdp.run")
         assert open(os.path.join(single, cache(single)), "rb").read() == \
             open(os.path.join(sharded, cache(sharded)), "rb").read()
+
+
+def test_zero_shards_adamw_over_the_ranks(tiny_teacher, corpus, tmp_path):
+    """Under torchrun each rank keeps AdamW's moments for its own share of the projections only."""
+    script = tmp_path / "shard.py"
+    script.write_text(
+        "import sys, torch, torch.distributed as dist\n"
+        f"sys.path.insert(0, {ROOT!r})\n"
+        "import distill\n"
+        "from run_config import Config\n"
+        "from student import Student\n"
+        "from init_select import init_projections\n"
+        "from load_weights import load_model\n"
+        "dist.init_process_group('gloo')\n"
+        f"teacher = load_model({tiny_teacher('llama')!r})\n"
+        "proj, norms, _ = init_projections('gaussian', teacher, 32, seed=0)\n"
+        "student = Student(teacher, 32, proj, norms)\n"
+        "opt = distill.make_optimizer(Config(), student, dist.get_world_size(), None)\n"
+        "for p in student.parameters(): p.grad = torch.ones_like(p)\n"
+        "opt.step()\n"
+        "mine = sum(1 for p in student.parameters() if opt.optim.state.get(p))\n"
+        "total = torch.tensor([mine]); dist.all_reduce(total)\n"
+        "print(f'rank {dist.get_rank()} holds {mine} of {len(list(student.parameters()))}, all {int(total)}')\n")
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                             "--master_port", "29519", str(script)], cwd=ROOT, capture_output=True, text=True,
+                            env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = sorted(line for line in result.stdout.splitlines() if line.startswith("rank "))
+    held = [int(line.split()[3]) for line in lines]
+    n, total = int(lines[0].split()[5].rstrip(",")), int(lines[0].split()[-1])
+    assert len(held) == 2 and all(0 < h < n for h in held) and sum(held) == total == n
 
 
 # ---------------------------------------------------------------------------------------------------------
