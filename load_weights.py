@@ -18,7 +18,6 @@ Builds on model.py and cli.py. Run as: python load_weights.py --model DIR   (loa
 import argparse
 import hashlib
 import json
-import math
 import os
 import shutil
 import stat
@@ -89,7 +88,7 @@ def args_from_hf_config(cfg: dict) -> ModelArgs:
     if head_dim is None:  # as transformers: one head is hidden_size / heads wide, which must then be whole
         for key, value in (("hidden_size", hidden), ("num_attention_heads", n_heads)):
             if not is_size(value):
-                raise ConfigError(f"{key} is {value!r} - every size must be a positive integer")
+                raise ConfigError(f"{key} is {value!r} - every size must be a positive integer below 2**31")
         if hidden % n_heads:
             raise ConfigError(f"hidden_size {hidden} does not split into {n_heads} num_attention_heads and there "
                               "is no head_dim - add the head width as head_dim, or fix the two")
@@ -110,12 +109,12 @@ def args_from_hf_config(cfg: dict) -> ModelArgs:
     return args
 
 
-def is_size(value) -> bool:  # a positive int (JSON's true is not one)
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+def is_size(value) -> bool:  # a positive int (JSON's true is not one) whose products fit torch's int64 sizes
+    return isinstance(value, int) and not isinstance(value, bool) and 1 <= value < 2 ** 31
 
 
-def is_number(value) -> bool:  # a finite int or float
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+def is_number(value) -> bool:  # a finite int or float (NaN fails both comparisons; a 400-digit int the second)
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and -1e308 < value < 1e308
 
 
 def check_args(args: ModelArgs):
@@ -127,7 +126,7 @@ def check_args(args: ModelArgs):
     for field_name, key in sizes.items():
         value = getattr(args, field_name)
         if not is_size(value):
-            raise ConfigError(f"{key} is {value!r} - every size must be a positive integer")
+            raise ConfigError(f"{key} is {value!r} - every size must be a positive integer below 2**31")
     if args.n_heads % args.n_kv_heads:
         raise ConfigError(f"{args.n_heads} attention heads do not split into {args.n_kv_heads} kv-head groups "
                           "(num_key_value_heads) - fix num_attention_heads / num_key_value_heads")
