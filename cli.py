@@ -315,16 +315,6 @@ def is_checkpoint_dir(path: str) -> bool:
         f.endswith(".safetensors") or f.endswith(".safetensors.index.json") for f in os.listdir(path))
 
 
-def first_json_line(path: str) -> dict:
-    """The first line of a JSONL file as a dict ({} when it is not one): how outputs recognise their kind."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            row = json.loads(f.readline())
-        return row if isinstance(row, dict) else {}
-    except (OSError, ValueError):
-        return {}
-
-
 # ---------------------------------------------------------------------------------------------------------
 # Atomic writes
 

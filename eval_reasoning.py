@@ -329,8 +329,8 @@ def write_jsonl(path: str, rows: list[dict]):
 
 
 def first_row(path: str) -> dict:
-    """The first line of a JSONL file as a dict ({} when it is not one): how outputs recognise their kind
-    (cli.first_json_line, read through json_row, so no line can raise)."""
+    """The first line of a JSONL file as a dict ({} when it is not one): how outputs recognise their kind (read
+    through sources.json_row, so no line can raise)."""
     try:
         with open(path, "rb") as f:
             row = json_row(f.readline(1 << 24).decode("utf-8"))
