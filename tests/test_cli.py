@@ -11,6 +11,7 @@ import importlib.util
 import json
 import os
 import shutil
+import time
 from pathlib import Path
 
 import numpy as np
@@ -227,23 +228,40 @@ def cases(w) -> list[tuple[str, object, list[str], str]]:
     ]
 
 
-def test_hostile_inputs_are_one_line_exit_2_and_change_nothing(world, capsys):
-    table = cases(world)
-    assert len(table) >= 60
-    before = snapshot(world["root"])
+def exit_status(main, argv) -> int:
+    """main(argv) in-process: its exit status (what it prints, the caller's capsys holds). Any exception other
+    than SystemExit fails the test that called it."""
+    try:
+        main([str(a) for a in argv])
+        return 0
+    except SystemExit as e:
+        return e.code
+
+
+def check_refusals(table, root, capsys, *, after_each=None, seconds: float = 60) -> int:
+    """Every (name, main, argv, fragment) of the table: exit 2, exactly one `error: <what> - <what to do>` line
+    naming the fragment, within `seconds`, and not one file under root changed. Returns the table's length."""
+    before = snapshot(root)
     capsys.readouterr()
     for name, main, argv, fragment in table:
-        try:  # in-process: any other exception fails the test
-            main(argv)
-            code = 0
-        except SystemExit as e:
-            code = e.code
-        out, err = capsys.readouterr()
+        started = time.perf_counter()
+        code = exit_status(main, argv)
+        err = capsys.readouterr().err
         lines = err.strip().splitlines()
         assert code == 2, (name, code, err[-400:])
         assert len(lines) == 1 and lines[0].startswith("error: ") and " - " in lines[0], (name, err[-400:])
         assert fragment in lines[0], (name, lines[0])
-        assert snapshot(world["root"]) == before, f"{name}: a file changed"
+        assert time.perf_counter() - started < seconds, f"{name}: took {time.perf_counter() - started:.0f} s"
+        assert snapshot(root) == before, f"{name}: a file changed"
+        if after_each is not None:
+            after_each(name)
+    return len(table)
+
+
+def test_hostile_inputs_are_one_line_exit_2_and_change_nothing(world, capsys):
+    table = cases(world)
+    assert len(table) >= 60
+    check_refusals(table, world["root"], capsys)
     print(f"\n{len(table)} hostile inputs: every one exit 2, one line, nothing changed")
 
 

@@ -26,7 +26,7 @@ import erank
 import eval_reasoning as er
 from problems import MAX_PROBLEMS, is_synthetic, make_synthetic
 from sources import DataError, is_token_file, is_token_sidecar, parse_spec, read_tokens, write_tokens
-from test_cli import TEXT, snapshot
+from test_cli import TEXT, check_refusals
 
 GSM8K_ROW = {"question": "Natalia sold clips to 48 of her friends in April, and then she sold half as many clips "
                          "in May. How many clips did Natalia sell altogether in April and May?",
@@ -216,22 +216,7 @@ def cases(w) -> list[tuple[str, object, list[str], str]]:
 def test_hostile_data_is_one_line_exit_2_and_changes_nothing(world, capsys):
     table = cases(world)
     assert len(table) >= 60
-    before = snapshot(world["root"])
-    capsys.readouterr()
-    for name, main, argv, fragment in table:
-        started = time.perf_counter()
-        try:  # in-process: any other exception fails the test
-            main(argv)
-            code = 0
-        except SystemExit as e:
-            code = e.code
-        out, err = capsys.readouterr()
-        lines = err.strip().splitlines()
-        assert code == 2, (name, code, err[-400:])
-        assert len(lines) == 1 and lines[0].startswith("error: ") and " - " in lines[0], (name, err[-400:])
-        assert fragment in lines[0], (name, lines[0])
-        assert time.perf_counter() - started < 30, f"{name}: took {time.perf_counter() - started:.0f} s"
-        assert snapshot(world["root"]) == before, f"{name}: a file changed"
+    check_refusals(table, world["root"], capsys, seconds=30)
     print(f"\n{len(table)} hostile data inputs: every one exit 2, one line, nothing changed")
 
 

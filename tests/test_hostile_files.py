@@ -32,7 +32,7 @@ import load_weights
 import model
 import student
 from load_weights import LoadError
-from test_cli import TEXT, broken_teacher, snapshot
+from test_cli import TEXT, broken_teacher, check_refusals
 from tokenizer import load_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -210,21 +210,8 @@ def cases(w) -> list[tuple[str, object, list[str], str]]:
 def test_hostile_files_are_one_line_exit_2_and_change_nothing(world, capsys):
     table = cases(world)
     assert len(table) >= 35
-    before = snapshot(world["root"])
-    capsys.readouterr()
-    for name, main, argv, fragment in table:
-        try:  # in-process: any other exception fails the test
-            main(argv)
-            code = 0
-        except SystemExit as e:
-            code = e.code
-        out, err = capsys.readouterr()
-        lines = err.strip().splitlines()
-        assert code == 2, (name, code, err[-400:])
-        assert len(lines) == 1 and lines[0].startswith("error: ") and " - " in lines[0], (name, err[-400:])
-        assert fragment in lines[0], (name, lines[0])
-        assert snapshot(world["root"]) == before, f"{name}: a file changed"
-        assert not (world["root"] / "fresh").exists() and not (world["root"] / "fresh.run").exists(), name
+    check_refusals(table, world["root"], capsys, after_each=lambda name: (  # no run directory made either
+        not (world["root"] / "fresh").exists() and not (world["root"] / "fresh.run").exists()) or pytest.fail(name))
     print(f"\n{len(table)} hostile model, tokenizer and init files: every one exit 2, one line, nothing changed")
 
 
