@@ -44,7 +44,7 @@ from tqdm import tqdm
 
 from data import load_windows
 from erank import measure_model
-from load_weights import LoadError, load_model, read_config
+from load_weights import LoadError, checkpoint_files, load_model, read_config
 from model import ContextError, generate
 from problems import MAX_STEPS, MAX_VALUE, is_synthetic, make_synthetic, qa_text
 from sources import DataError, json_row, read_text
@@ -366,7 +366,8 @@ def run(args):
         raise EvalError(f"--shots {args.shots} needs --fewshot TRAIN.jsonl - exemplars come from a train split")
     if args.out:
         ppl_file = args.ppl if args.ppl and os.path.exists(args.ppl) else None
-        cli.check_outputs({"--model": args.model, "--data": args.data, "--fewshot": args.fewshot, "--ppl": ppl_file},
+        model_files = [args.model, *checkpoint_files(args.model)]  # its shards, wherever its index puts them
+        cli.check_outputs({"--model": model_files, "--data": args.data, "--fewshot": args.fewshot, "--ppl": ppl_file},
                           [cli.Output("--out", args.out, "file", is_predictions, "predictions file")])
     items = read_items(args.data) if args.data else []
     fewshot = read_items(args.fewshot) if args.fewshot and args.shots else []

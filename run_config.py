@@ -30,7 +30,7 @@ import cli
 from checkpoint import RunError
 from init_select import KINDS, add_init_arguments
 from kd_loss import CLONE_LOSSES, CLONE_TERMS, KL_REDUCTIONS
-from load_weights import read_config
+from load_weights import checkpoint_files, read_config
 from sources import parse_spec
 from student import default_width
 
@@ -267,7 +267,7 @@ def open_run(given: dict, rank: int, world: int) -> tuple[Config, bool, object]:
         raise RunError("--resume continues a run and --overwrite replaces it - pass one of them")
     cfg = resolve_config(given, resume)
     files = [name for name, _ in map(parse_spec, cfg.data) if os.path.exists(name)]
-    inputs = {"--teacher": cfg.teacher, "--data": files,
+    inputs = {"--teacher": [cfg.teacher, *checkpoint_files(cfg.teacher)], "--data": files,  # shards outside too
               "--init": cfg.init if cfg.init.endswith(".safetensors") else None}
     ckpt.check_run_paths(cfg.out, cfg.run_dir, inputs, resume, overwrite)  # read-only: refused before any write
     lock = None

@@ -36,7 +36,6 @@ import dataclasses
 import torch
 import torch.distributed as dist
 import torch.nn as nn
-from safetensors.torch import load_file
 from torch.distributed.optim import ZeroRedundancyOptimizer
 from torch.utils.checkpoint import checkpoint
 
