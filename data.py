@@ -16,10 +16,11 @@ are held out (at least one when it has two or more) and never trained on. Order:
 of (source, window) pairs seeded by (seed, epoch); the position in that stream is two ints, so a checkpoint
 resumes exactly. Distributed: every rank walks the same global batches and keeps its contiguous slice of rows.
 
-`--out FILE.bin` writes the packed ids and FILE.bin.json (dtype, id count, vocab size, documents, sources) and
-replaces only such a pair that data.py wrote, never an input.
+Text is tokenised on every core (tokenize_corpus.py). `--out FILE.bin` streams the packed ids into FILE.bin,
+memory flat whatever the corpus size, and writes FILE.bin.json (dtype, id count, vocab size, documents, sources)
+last, as the commit; it replaces only such a pair that data.py wrote, never an input.
 
-Builds on sources.py, tokenizer.py and cli.py.
+Builds on sources.py, tokenize_corpus.py, tokenizer.py and cli.py.
 Run as: python data.py --tokenizer DIR --data SOURCE[:WEIGHT] ... --seq-len T [--out FILE.bin]
 """
 import cli  # first, and standard library only: Ctrl-C during the imports below is one line
@@ -28,14 +29,16 @@ if __name__ == "__main__":
     cli.interrupt_while_starting()
 
 import argparse
+import contextlib
 import os
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from sources import (TEXT_EXTENSIONS, DataError, builtin_documents, check_source, is_token_file,
-                     is_token_sidecar, load_self, parse_spec, read_documents, read_tokens, write_tokens)
+from sources import (DataError, check_source, column_name, is_text_source, is_token_file, is_token_sidecar,
+                     load_self, parse_spec, read_tokens, source_pieces)
+from tokenize_corpus import BinWriter, copy_chunks, packed_chunks
 
 
 @dataclass
@@ -71,14 +74,15 @@ def cut_windows(stream: np.ndarray, seq_len: int) -> np.ndarray:
     return stream[:n * seq_len].reshape(n, seq_len)
 
 
-def load_windows(spec: str, tokenizer, seq_len: int, *, seed: int = 0, limit: int | None = None) -> torch.Tensor:
+def load_windows(spec: str, tokenizer, seq_len: int, *, seed: int = 0, limit: int | None = None,
+                 text_column: str = "text") -> torch.Tensor:
     """(N, seq_len) long windows of one source, packed exactly as training packs it (N <= limit if given):
     what the measuring tools (erank.py, init_select.py, eval_reasoning.py --ppl) read their text through."""
     name, _ = parse_spec(spec)
     if name.startswith("self:"):
         raise DataError(f"{spec}: teacher samples exist only inside a distill.py run - pass a file, pydoc or "
                         "problems:N")
-    stream, _ = read_source(name, tokenizer, seq_len, seed=seed)
+    stream, _ = read_source(name, tokenizer, seq_len, seed=seed, text_column=text_column)
     windows = cut_windows(stream, seq_len)[:limit]
     return torch.from_numpy(windows.astype(np.int64))
 
@@ -87,25 +91,37 @@ def load_windows(spec: str, tokenizer, seq_len: int, *, seed: int = 0, limit: in
 # Reading one source, packed
 
 def read_source(name: str, tokenizer, seq_len: int, *, seed: int = 0, teacher=None, run_dir: str | None = None,
-                fingerprint: str = "") -> tuple[np.ndarray, int | None]:
-    """(token stream, document count or None) of one source, packed; checked to hold at least one window."""
-    check_source(name)
-    documents = None
-    if name.startswith("self:"):
-        tokens, meta = load_self(int(name[5:]), tokenizer, seq_len, teacher=teacher, run_dir=run_dir, seed=seed,
-                                 fingerprint=fingerprint)
-        documents = meta.get("documents")
-    elif name == "pydoc" or name.startswith("problems:"):
-        docs = builtin_documents(name, seed)
-        tokens, documents = tokenize_documents(docs, tokenizer), len(docs)
-    elif name.endswith(TEXT_EXTENSIONS):
-        docs = read_documents(name)
-        if not docs:
+                fingerprint: str = "", text_column: str = "text", out: BinWriter | None = None,
+                workers: int = 0) -> tuple[np.ndarray, int | None]:
+    """(token stream, document count or None) of one source, packed; checked to hold at least one window.
+    Text is tokenised on `workers` threads (tokenize_corpus.packed_chunks; 0: every core). With `out`, the
+    stream is appended to that .bin as it is made and returned as a memory map of what was written."""
+    check_source(name, text_column)
+    if is_text_source(name):
+        counted = [0]  # documents, counted as the chunks pass
+
+        def text_chunks():
+            pieces = source_pieces(name, tokenizer, seed=seed, text_column=text_column)
+            for ids, ended in packed_chunks(pieces, tokenizer, workers=workers):
+                counted[0] += ended
+                yield ids
+        if out is not None:
+            tokens = out.extend(text_chunks())
+        else:
+            parts = list(text_chunks())
+            tokens = np.concatenate(parts) if parts else np.zeros(0, dtype=np.uint32)
+        documents = counted[0]
+        if not documents:
             raise DataError(f"{name}: no documents (only blank text) - remove it or fill it")
-        tokens, documents = tokenize_documents(docs, tokenizer), len(docs)
-    else:
-        tokens, meta = read_tokens(name, tokenizer.vocab_size)
+    else:  # ids already: teacher samples (self:N) or a token file, each a memory map
+        if name.startswith("self:"):
+            tokens, meta = load_self(int(name[5:]), tokenizer, seq_len, teacher=teacher, run_dir=run_dir, seed=seed,
+                                     fingerprint=fingerprint)
+        else:
+            tokens, meta = read_tokens(name, tokenizer.vocab_size)
         documents = meta.get("documents")
+        if out is not None:
+            tokens = out.extend(copy_chunks(tokens))
     if len(tokens) < seq_len:
         raise DataError(f"{name}: needs at least {seq_len} tokens for one window, got {len(tokens)} - add text "
                         "or lower the sequence length")
@@ -124,10 +140,13 @@ def split_sizes(n_windows: int, val_fraction: float) -> tuple[int, int]:
 
 
 def load_sources(specs: list[str], tokenizer, seq_len: int, *, val_fraction: float = 0.05, teacher=None,
-                 run_dir: str | None = None, seed: int = 0, fingerprint: str = "") -> TokenData:
-    """Read, pack and split every --data spec (text is tokenised up front, token files memory-mapped)."""
+                 run_dir: str | None = None, seed: int = 0, fingerprint: str = "", text_column: str = "text",
+                 out: BinWriter | None = None, workers: int = 0) -> TokenData:
+    """Read, pack and split every --data spec (text is tokenised up front, token files memory-mapped; with
+    `out`, every source is streamed into that .bin and memory-mapped from it)."""
     if not specs:
-        raise DataError("no training data - pass --data with a file (.txt .jsonl .bin .npy), pydoc or problems:N")
+        raise DataError("no training data - pass --data with a file (.txt .jsonl .parquet .bin .npy), pydoc or "
+                        "problems:N")
     if seq_len < 2:
         raise DataError(f"seq_len {seq_len} is too short - a window needs at least 2 tokens")
     if not 0 <= val_fraction < 1:
@@ -135,11 +154,13 @@ def load_sources(specs: list[str], tokenizer, seq_len: int, *, val_fraction: flo
     if tokenizer.eos_id is None:
         raise DataError("the tokenizer has no eos token - packing needs one between documents; "
                         "add eos_token to tokenizer_config.json")
+    names = [parse_spec(spec) for spec in specs]
+    for name, _ in names:  # every source checked before the first is read
+        check_source(name, text_column)
     sources = []
-    for spec in specs:
-        name, weight = parse_spec(spec)
+    for name, weight in names:
         tokens, documents = read_source(name, tokenizer, seq_len, seed=seed, teacher=teacher, run_dir=run_dir,
-                                        fingerprint=fingerprint)
+                                        fingerprint=fingerprint, text_column=text_column, out=out, workers=workers)
         n_train, n_val = split_sizes(len(tokens) // seq_len, val_fraction)
         sources.append(Source(name, tokens, weight, documents, n_train, n_val))
     return TokenData(sources, seq_len)
@@ -244,12 +265,17 @@ def main(argv=None):
     parser = argparse.ArgumentParser(prog="data.py", description="Tokenise and pack training data; print its "
                                                                  "statistics, optionally write it as one .bin.")
     parser.add_argument("--tokenizer", required=True, help="checkpoint directory holding the tokenizer")
-    parser.add_argument("--data", nargs="+", required=True, help="SOURCE[:WEIGHT]: .txt .jsonl .bin .npy, pydoc, "
-                                                                 "problems:N")
+    parser.add_argument("--data", nargs="+", required=True, help="SOURCE[:WEIGHT]: .txt .jsonl .parquet (a file, "
+                        "folder or quoted glob of shards) .bin .npy, pydoc, problems:N")
+    parser.add_argument("--text-column", type=column_name, default="text", help="the column (.jsonl field) of "
+                        "the text, where rows are not chats or question + answer (default: text)")
     parser.add_argument("--seq-len", type=cli.int_at_least(2), default=2048)
     parser.add_argument("--val-fraction", type=cli.float_in(0.0, 0.5), default=0.05)
     parser.add_argument("--seed", type=cli.int_at_least(0), default=0, help="seed of problems:N")
-    parser.add_argument("--out", help="write every source's packed tokens, concatenated, to this .bin")
+    parser.add_argument("--out", help="write every source's packed tokens, concatenated, to this .bin (streamed: "
+                                      "memory stays flat whatever the corpus size)")
+    parser.add_argument("--workers", type=cli.int_at_least(0), default=0, help="threads that tokenise (default 0: "
+                                                                               "every core)")
     args = cli.parse_args(parser, argv)
     from tokenizer import TokenizerError, load_tokenizer
     with cli.user_errors(DataError, TokenizerError):
@@ -268,21 +294,28 @@ def main(argv=None):
                                cli.Output("--out", args.out + ".json", "file", is_token_sidecar,
                                           "sidecar written by data.py")])
         tok = load_tokenizer(args.tokenizer)
-        data = load_sources(args.data, tok, args.seq_len, val_fraction=args.val_fraction, seed=args.seed)
-        stream = Batches(data, 1)
-        print(f"{'source':40s} {'weight':>6s} {'docs':>8s} {'tokens':>12s} {'train':>8s} {'val':>6s} {'share':>6s}")
-        for s, draws in zip(data.sources, stream.draws):
-            docs = "?" if s.documents is None else str(s.documents)
-            print(f"{s.name[-40:]:40s} {s.weight:6g} {docs:>8s} {len(s.tokens):12,d} {s.n_train:8,d} "
-                  f"{s.n_val:6,d} {draws / stream.epoch_len:6.1%}")
-        n_val = sum(s.n_val for s in data.sources)
-        print(f"seq_len {data.seq_len}: an epoch is {stream.epoch_len:,d} windows "
-              f"({stream.epoch_len * data.seq_len:,d} tokens); {n_val:,d} held out")
-        if args.out:
-            docs = [s.documents for s in data.sources]
-            write_tokens(args.out, np.concatenate([np.asarray(s.tokens) for s in data.sources]),
-                         vocab_size=tok.vocab_size, documents=None if None in docs else sum(docs), sources=args.data)
-            print(f"wrote {args.out} (+ {os.path.basename(args.out)}.json)")
+        with contextlib.ExitStack() as stack:
+            out = stack.enter_context(BinWriter(args.out, tok.vocab_size)) if args.out else None
+            data = load_sources(args.data, tok, args.seq_len, val_fraction=args.val_fraction, seed=args.seed,
+                                text_column=args.text_column, out=out, workers=args.workers)
+            print_statistics(data)
+            if out is not None:  # the .bin into place, then its sidecar: the commit
+                docs = [s.documents for s in data.sources]
+                out.commit(documents=None if None in docs else sum(docs), sources=args.data)
+                print(f"wrote {args.out} (+ {os.path.basename(args.out)}.json)")
+
+
+def print_statistics(data: TokenData):
+    """Each source's documents, tokens, train and held-out windows and share of an epoch."""
+    stream = Batches(data, 1)
+    print(f"{'source':40s} {'weight':>6s} {'docs':>8s} {'tokens':>12s} {'train':>8s} {'val':>6s} {'share':>6s}")
+    for s, draws in zip(data.sources, stream.draws):
+        docs = "?" if s.documents is None else str(s.documents)
+        print(f"{s.name[-40:]:40s} {s.weight:6g} {docs:>8s} {len(s.tokens):12,d} {s.n_train:8,d} "
+              f"{s.n_val:6,d} {draws / stream.epoch_len:6.1%}")
+    n_val = sum(s.n_val for s in data.sources)
+    print(f"seq_len {data.seq_len}: an epoch is {stream.epoch_len:,d} windows "
+          f"({stream.epoch_len * data.seq_len:,d} tokens); {n_val:,d} held out")
 
 
 if __name__ == "__main__":

@@ -260,7 +260,7 @@ def load_data(cfg: Config, tok, teacher, teacher_fp: str, rank: int, world: int)
     if wait_for_rank0 and rank != 0:
         dist.barrier()
     data = load_sources(cfg.data, tok, cfg.seq_len, val_fraction=cfg.val_fraction, teacher=teacher,
-                        run_dir=cfg.run_dir, seed=cfg.seed, fingerprint=teacher_fp)
+                        run_dir=cfg.run_dir, seed=cfg.seed, fingerprint=teacher_fp, text_column=cfg.text_column)
     if wait_for_rank0 and rank == 0:
         dist.barrier()
     stream = Batches(data, cfg.batch_size, seed=cfg.seed, rank=rank, world_size=world)

@@ -376,13 +376,16 @@ def print_table(results: list[dict], kinds: list[str], header: str):
 
 def main(argv=None):
     from data import load_windows
-    from sources import DataError, check_source, parse_spec
+    from sources import DataError, check_source, column_name, parse_spec
     from load_weights import LoadError, load_model, read_config
     from tokenizer import TokenizerError, load_tokenizer
     parser = argparse.ArgumentParser(prog="erank.py", description="Per-layer effective rank of the residual stream "
                                      "of checkpoints, and their perplexity, on the same held-out windows.")
     parser.add_argument("--model", action="append", required=True, help="HF checkpoint directory (repeat to compare)")
-    parser.add_argument("--data", required=True, help="a data.py source: .txt, .jsonl, .bin, .npy, pydoc, problems:N")
+    parser.add_argument("--data", required=True, help="a data.py source: .txt, .jsonl, .parquet, .bin, .npy, pydoc, "
+                                                      "problems:N")
+    parser.add_argument("--text-column", type=column_name, default="text", help="the text's column in .jsonl or "
+                                                                                ".parquet rows (default: text)")
     parser.add_argument("--seq-len", type=cli.int_at_least(2), default=512, help="window length in tokens")
     parser.add_argument("--windows", type=cli.int_at_least(1), default=8, help="at most this many windows")
     parser.add_argument("--kind", choices=["sq", "rv", "both"], default="both",
@@ -398,7 +401,7 @@ def main(argv=None):
     kinds = list(KINDS) if args.kind == "both" else [args.kind]
     results = []
     with cli.user_errors(DataError, LoadError, TokenizerError):
-        check_source(parse_spec(args.data)[0])  # a missing file fails before any model loads
+        check_source(parse_spec(args.data)[0], args.text_column)  # a missing file fails before any model loads
         for path in args.model:  # every model checked before the first is measured
             read_config(path)
             load_tokenizer(path)
@@ -406,7 +409,8 @@ def main(argv=None):
             model, tok = load_model(path, device=args.device), load_tokenizer(path)
             if args.seq_len > model.args.max_seq_len:
                 cli.fail(f"--seq-len {args.seq_len} exceeds {path}'s {model.args.max_seq_len} positions - lower it")
-            windows = load_windows(args.data, tok, args.seq_len, seed=args.seed, limit=args.windows)
+            windows = load_windows(args.data, tok, args.seq_len, seed=args.seed, limit=args.windows,
+                                   text_column=args.text_column)
             m = measure_model(model, windows, per_seq=args.per_seq, batch_size=args.batch_size)
             keep = {"layer", "token_cos", "token_cos_raw"} | {f"erank_{kind}" for kind in kinds}
             layers = [{k: v for k, v in row.items() if k in keep} for row in m["layers"]]  # only the kinds asked for

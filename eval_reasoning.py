@@ -47,7 +47,7 @@ from erank import measure_model
 from load_weights import LoadError, checkpoint_files, load_model, read_config
 from model import ContextError, generate
 from problems import MAX_STEPS, MAX_VALUE, is_synthetic, make_synthetic, qa_text
-from sources import DataError, json_row, read_text
+from sources import DataError, column_name, json_row, read_text
 from tokenizer import TokenizerError, load_tokenizer
 
 CHAT_INSTRUCTION = 'Solve the problem step by step. End your reply with "The answer is N." where N is the final number.'
@@ -379,7 +379,8 @@ def run(args):
     if args.ppl and args.seq_len > read_config(args.model)[1].max_seq_len:
         raise EvalError(f"--seq-len {args.seq_len} exceeds the model's {read_config(args.model)[1].max_seq_len} "
                         "positions - lower --seq-len")
-    windows = load_windows(args.ppl, tokenizer, args.seq_len, seed=args.seed) if args.ppl else None  # fails early
+    windows = (load_windows(args.ppl, tokenizer, args.seq_len, seed=args.seed, text_column=args.text_column)
+               if args.ppl else None)  # fails early
     model = load_model(args.model, device=args.device)  # fp32: CPUs without bf16 units run bf16 far slower
     if items:
         res = evaluate(model, tokenizer, items, shots=args.shots, fewshot_items=fewshot, chat=args.chat,
@@ -425,7 +426,9 @@ def main(argv=None):
     parser.add_argument("--max-new-tokens", type=cli.int_at_least(1), default=256)
     parser.add_argument("--batch-size", type=cli.int_at_least(1), default=16)
     parser.add_argument("--out", help="predictions JSONL (or the synthetic problems with --make-synthetic)")
-    parser.add_argument("--ppl", help="a data.py source (.txt .jsonl .bin .npy, pydoc, problems:N): perplexity")
+    parser.add_argument("--ppl", help="a data.py source (.txt .jsonl .parquet .bin .npy, pydoc, ...): perplexity")
+    parser.add_argument("--text-column", type=column_name, default="text", help="the text's column in --ppl's "
+                                                                                ".jsonl or .parquet rows")
     parser.add_argument("--seq-len", type=cli.int_at_least(2), default=512, help="perplexity window in tokens")
     parser.add_argument("--device", type=cli.device, default=cli.default_device())
     parser.add_argument("--make-synthetic", type=int_in(1, MAX_SET), metavar="N", help="write N synthetic "

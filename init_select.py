@@ -46,7 +46,7 @@ from data import load_windows
 from erank import measure_model
 from load_weights import LoadError, checkpoint_files, fingerprint, load_model, read_tensors
 from model import Transformer
-from sources import DataError
+from sources import DataError, column_name
 from student import Student, StudentError, check_width, state_shapes, unsharded
 from tokenizer import TokenizerError, load_tokenizer
 
@@ -312,6 +312,8 @@ def main(argv=None):
                                                                                   "(a multiple of the heads)")
     parser.add_argument("--calib", required=True, help="calibration text, a data.py source: .txt .jsonl .bin "
                                                        ".npy, pydoc, problems:N")
+    parser.add_argument("--text-column", type=column_name, default="text", help="the text's column in .jsonl and "
+                                                                                ".parquet rows (default: text)")
     parser.add_argument("--out", required=True, help="the init file, NAME.safetensors (report: NAME.json)")
     parser.add_argument("--init", choices=KINDS, default="select")
     add_init_arguments(parser)
@@ -339,7 +341,7 @@ def main(argv=None):
         if args.seq_len > teacher.args.max_seq_len:
             raise InitError(f"--seq-len {args.seq_len} exceeds the teacher's {teacher.args.max_seq_len} positions - "
                             "lower --seq-len")
-        windows = load_windows(args.calib, tok, args.seq_len, seed=args.seed)
+        windows = load_windows(args.calib, tok, args.seq_len, seed=args.seed, text_column=args.text_column)
         if len(windows) < 2:
             raise InitError(f"{args.calib}: {len(windows)} window(s) of {args.seq_len} tokens - need at least 2 "
                             "(calibration + held-out); pass more text or a smaller --seq-len")

@@ -19,6 +19,7 @@ Run as: imported by distill.py (python distill.py --help lists every flag).
 """
 import argparse
 import dataclasses
+import glob
 import os
 from dataclasses import dataclass, field
 
@@ -31,7 +32,7 @@ from checkpoint import RunError
 from init_select import KINDS, add_init_arguments
 from kd_loss import CLONE_LOSSES, CLONE_TERMS, KL_REDUCTIONS
 from load_weights import checkpoint_files, read_config
-from sources import parse_spec
+from sources import column_name, parse_spec
 from student import default_width
 
 PRESETS = {"red": dict(init="select", importance="red", kl_temperature=1.0, alpha=0.2),
@@ -46,6 +47,7 @@ class Config:
     teacher: str = ""                 # "" = the example teacher (SmolLM2-135M-Instruct)
     width: int = 0                    # 0 = half the teacher's, heads-aligned
     data: list = field(default_factory=lambda: ["pydoc", "problems:2000:0.5"])
+    text_column: str = "text"         # the text's column in .jsonl and .parquet rows
     preset: str = "red"
     init: str = "select"              # an init kind, or an init file from init_select.py
     importance: str = "red"
@@ -93,8 +95,9 @@ def flag_parser() -> argparse.ArgumentParser:
                                               "SmolLM2-135M-Instruct)")
     add("--width", type=cli.int_at_least(1), help="student residual width W, a multiple of the heads (default: "
                                                   "half the teacher's)")
-    add("--data", nargs="+", help="SOURCE[:WEIGHT] ...: .txt .jsonl .bin .npy, pydoc, problems:N, self:N "
+    add("--data", nargs="+", help="SOURCE[:WEIGHT] ...: .txt .jsonl .parquet .bin .npy, pydoc, problems:N, self:N "
                                   "(default: pydoc problems:2000:0.5)")
+    add("--text-column", type=column_name, help="the text's column in .jsonl and .parquet rows (default: text)")
     add("--preset", choices=list(PRESETS), help="red (select init, T=1; default) or lrc (gaussian init, T=40)")
     add("--init", type=cli.path_name, help=f"{' | '.join(KINDS)} | FILE.safetensors (default: the preset's)")
     add_init_arguments(p)
@@ -196,7 +199,8 @@ def absolute_inputs(values: dict) -> dict:
         if out.get(key) and os.path.exists(out[key]) and (key == "teacher" or out[key].endswith(".safetensors")):
             out[key] = os.path.abspath(out[key])
     if isinstance(out.get("data"), list):
-        out["data"] = [os.path.abspath(name) + spec[len(name):] if os.path.exists(name) else spec
+        out["data"] = [os.path.abspath(name) + spec[len(name):] if os.path.exists(name) or glob.has_magic(name)
+                       else spec
                        for spec in out["data"] for name in [parse_spec(spec)[0]]]
     return out
 

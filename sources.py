@@ -2,8 +2,12 @@
 samples of the teacher, each read and checked; data.py packs what they give.
 
 Sources (`--data SPEC ...`, each `SOURCE` or `SOURCE:WEIGHT`):
-  FILE.txt      one document (UTF-8)
-  FILE.jsonl    one document per line: a "text" field, or GSM8K-style "question" + "answer" (problems.qa_text)
+  FILE.txt      one document (UTF-8), read in pieces of a few MB cut where tokenizer.encode cuts long text
+  FILE.jsonl    one document per line, read a line at a time: a "text" field (--text-column NAME for another),
+                GSM8K-style "question" + "answer" (problems.qa_text), or a chat, "messages" (role/content) or
+                ShareGPT's "conversations" (from/value), rendered with the teacher's chat template (chat_docs.py)
+  FILE.parquet  the same rows as parquet: one shard, a folder of shards or a quoted glob ('d/train-*.parquet'),
+                read a batch of rows at a time with pyarrow, an optional dependency (parquet_source.py)
   FILE.bin      pre-tokenised raw little-endian ids (nanoGPT's layout) with the sidecar FILE.bin.json that
                 `python data.py --out` writes, a JSON object of named fields: {"dtype": "uint16" | "uint32",
                 "tokens": id count, "vocab_size", "documents", ...}. The dtype is never guessed, and the file
@@ -18,12 +22,15 @@ Sources (`--data SPEC ...`, each `SOURCE` or `SOURCE:WEIGHT`):
 A WEIGHT in (0, 100] is an upsampling factor (data.py). The text after the last ':' is a weight only when it
 parses as a number and SPEC itself is not an existing file, so paths containing ':' still work.
 
-Builds on model.py (sampling for self:N), problems.py and cli.py.
+Builds on chat_docs.py (a row's document), parquet_source.py, model.py (sampling for self:N), problems.py and
+cli.py.
 Run as: imported by data.py (python data.py --tokenizer DIR --data SOURCE ... prints what the sources hold).
 """
+import argparse
 import json
 import math
 import os
+import re
 import warnings
 from decimal import Decimal
 
@@ -32,10 +39,14 @@ import torch
 from tqdm import tqdm
 
 import cli
+from chat_docs import RowError, chat_renderer, row_document
 from model import generate
-from problems import MAX_PROBLEMS, qa_text, worked_problems
+from parquet_source import check_parquet, is_parquet, parquet_documents
+from problems import MAX_PROBLEMS, worked_problems
 
-TEXT_EXTENSIONS = (".txt", ".jsonl")
+TEXT_EXTENSIONS = (".txt", ".jsonl", ".parquet")
+TXT_BLOCK = 1 << 22  # bytes of a .txt read at a time
+LETTER_SPACE = re.compile(r"[A-Za-z] ")  # where long text may be cut without changing a token (tokenizer.py)
 TOKEN_EXTENSIONS = (".bin", ".npy")
 MAX_WEIGHT = 100.0
 MAX_SELF = 1_000_000  # self:N sequences (each a teacher sample of --seq-len tokens)
@@ -75,6 +86,13 @@ def parse_spec(spec: str) -> tuple[str, float]:
     return name, w
 
 
+def column_name(text: str) -> str:
+    """argparse type of --text-column: a non-empty name."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("is empty - name the column that holds the text")
+    return text
+
+
 def _is_number(text: str) -> bool:
     try:
         float(text)
@@ -110,38 +128,85 @@ def _json_int(text: str) -> int | Decimal:
 def read_text(path: str) -> str:
     """A file's contents as text; one-line DataError naming the line and byte of bad UTF-8."""
     with open(path, "rb") as f:
-        raw = f.read()
+        return decode(f.read(), path).removeprefix("\ufeff")  # a BOM is an encoding marker, not text
+
+
+def decode(raw: bytes, path: str, offset: int = 0, line: int = 1) -> str:
+    """UTF-8 bytes found at byte `offset` (line `line`) of `path` as text; one-line DataError naming the file's
+    byte and line of bad UTF-8."""
     try:
-        return raw.decode("utf-8").removeprefix("\ufeff")  # a BOM is an encoding marker, not text
+        return raw.decode("utf-8")
     except UnicodeDecodeError as e:
-        line = raw[:e.start].count(b"\n") + 1
-        raise DataError(f"{path}: not UTF-8 at byte {e.start} (line {line}) - re-encode it, e.g. "
-                        f"iconv -f latin1 -t utf-8") from None
+        line += raw[:e.start].count(b"\n")
+        raise DataError(f"{path}: not UTF-8 at byte {offset + e.start} (line {line}) - re-encode it, e.g. "
+                        "iconv -f latin1 -t utf-8") from None
 
 
-def read_documents(path: str) -> list[str]:
-    """The non-blank documents of a .txt (the whole file) or .jsonl file (one per line)."""
-    if not os.path.isfile(path):
-        raise DataError(f"{path}: no such file - pass a .txt or .jsonl file")
-    text = read_text(path)
-    if path.endswith(".txt"):
-        return [text] if text.strip() else []
-    docs = []
-    for lineno, line in enumerate(text.split("\n"), start=1):  # not splitlines(): JSON strings may hold U+2028
-        if not line.strip():
+def jsonl_documents(path: str, text_column: str = "text", render=None):
+    """Yield the documents of a .jsonl file, a line at a time (chat_docs.row_document reads each row)."""
+    with open(path, "rb") as f:
+        offset = 0
+        for lineno, raw in enumerate(f, start=1):  # b"\n" only, not splitlines(): JSON strings may hold U+2028
+            line = decode(raw, path, offset, lineno)
+            offset += len(raw)
+            if lineno == 1:
+                line = line.removeprefix("\ufeff")  # a BOM is an encoding marker, not text
+            if not line.strip():
+                continue
+            try:
+                row = json_row(line)
+            except ValueError as e:
+                raise DataError(f"{path}:{lineno}: malformed JSON ({e}) - fix or delete that line") from None
+            try:
+                document = row_document(row, text_column, render)
+            except RowError as e:
+                raise DataError(f"{path}:{lineno}: {e}") from None
+            yield document
+
+
+def txt_pieces(path: str, block: int = TXT_BLOCK, cut: bool = True):
+    """Yield a .txt file, one document, as (text, starts the document, ends it) pieces of about `block` bytes,
+    each cut after an ASCII letter followed by a space: where tokenizer.encode cuts long text itself (no piece of
+    a pre-tokenizer straddles it), so the pieces' ids are the whole file's. `cut=False` (a tokenizer with an added
+    token that holds such a pair) reads the file as one piece. A blank file yields nothing."""
+    with open(path, "rb") as f:
+        pieces = _txt_blocks(f, path, block if cut else -1)
+        text = next(pieces, "").removeprefix("\ufeff")  # a BOM is an encoding marker, not text
+        if not text.strip():  # the first piece is the whole file unless it holds a letter
+            return
+        first = True
+        for following in pieces:
+            yield text, first, False
+            text, first = following, False
+        yield text, first, True
+
+
+def _txt_blocks(f, path: str, block: int):
+    """Consecutive decoded pieces of an open file, each ending at the last letter-space cut of its bytes."""
+    offset, line, rest = 0, 1, b""
+    while True:
+        raw = f.read(block)
+        data = rest + raw
+        cut = _last_cut(data) if raw and block > 0 else len(data)
+        if raw and cut <= 0:  # no cut yet: read on
+            rest = data
             continue
-        try:
-            row = json_row(line)
-        except ValueError as e:
-            raise DataError(f"{path}:{lineno}: malformed JSON ({e}) - fix or delete that line") from None
-        if isinstance(row, dict) and isinstance(row.get("text"), str):
-            docs.append(row["text"])
-        elif isinstance(row, dict) and isinstance(row.get("question"), str) and isinstance(row.get("answer"), str):
-            docs.append(qa_text(row["question"], row["answer"]))
-        else:
-            raise DataError(f"{path}:{lineno}: needs a string \"text\" field or \"question\" and \"answer\" "
-                            "- convert the file to one of those forms")
-    return [d for d in docs if d.strip()]  # a blank document would be bos + eos only
+        piece, rest = data[:cut], data[cut:]
+        if piece:
+            yield decode(piece, path, offset, line)
+        offset, line = offset + len(piece), line + piece.count(b"\n")
+        if not raw:
+            return
+
+
+def _last_cut(data: bytes) -> int:
+    """The index after the last ASCII letter that a space follows, or -1 (UTF-8: never inside a character)."""
+    i = data.rfind(b" ")
+    while i > 0:
+        if data[i - 1:i].isalpha():  # bytes.isalpha is ASCII only
+            return i
+        i = data.rfind(b" ", 0, i - 1)
+    return -1
 
 
 def builtin_documents(name: str, seed: int) -> list[str]:
@@ -152,18 +217,47 @@ def builtin_documents(name: str, seed: int) -> list[str]:
     return worked_problems(int(name.split(":")[1]), seed=seed)
 
 
-def check_source(name: str):
+def check_source(name: str, text_column: str = "text"):
     """DataError unless `name` (a spec without its weight) is a built-in source or an existing, non-empty file
-    of a known kind: the checks a tool runs before it loads any model."""
+    of a known kind (parquet: every shard opened, its columns found): the checks a tool runs before it loads
+    any model."""
     if name.startswith(("self:", "problems:")) or name == "pydoc":
         return
+    if is_parquet(name):
+        return check_parquet(name, text_column, DataError)
     if not name.endswith(TEXT_EXTENSIONS + TOKEN_EXTENSIONS):
-        raise DataError(f"{name}: unknown source {os.path.splitext(name)[1] or name!r} - use a .txt, .jsonl, .bin "
-                        "or .npy file, pydoc, problems:N or self:N (a weight is written SOURCE:WEIGHT)")
+        raise DataError(f"{name}: unknown source {os.path.splitext(name)[1] or name!r} - use a .txt, .jsonl, "
+                        ".parquet (or a folder or glob of shards), .bin or .npy file, pydoc, problems:N or self:N "
+                        "(a weight is written SOURCE:WEIGHT)")
     if not os.path.isfile(name):
         raise DataError(f"{name}: no such file - check the path (a weight is written FILE:WEIGHT)")
     if os.path.getsize(name) == 0:
         raise DataError(f"{name}: empty file - remove it or fill it")
+
+
+def is_text_source(name: str) -> bool:
+    """Whether a source is text to tokenise (built-in, .txt, .jsonl, parquet), not ids or teacher samples."""
+    return name == "pydoc" or name.startswith("problems:") or name.endswith(TEXT_EXTENSIONS) or is_parquet(name)
+
+
+def source_pieces(name: str, tokenizer, *, seed: int = 0, text_column: str = "text"):
+    """Yield a text source's (text, starts a document, ends one) pieces in order: every document whole, except a
+    .txt, which comes in pieces (txt_pieces). Blank documents of .jsonl and parquet rows are dropped (a blank one
+    would be bos + eos only). Chat rows are rendered with `tokenizer`'s chat template."""
+    if name == "pydoc" or name.startswith("problems:"):
+        for doc in builtin_documents(name, seed):
+            yield doc, True, True
+        return
+    if name.endswith(".txt"):
+        specials = getattr(getattr(tokenizer, "encoding", None), "special_tokens_set", ())
+        yield from txt_pieces(name, cut=not any(map(LETTER_SPACE.search, specials)))
+        return
+    render = chat_renderer(tokenizer)
+    docs = (jsonl_documents(name, text_column, render) if name.endswith(".jsonl") else
+            parquet_documents(name, text_column, render, DataError))
+    for doc in docs:
+        if doc.strip():
+            yield doc, True, True
 
 
 # ---------------------------------------------------------------------------------------------------------
