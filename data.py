@@ -20,7 +20,7 @@ Text is tokenised on every core (tokenize_corpus.py). `--out FILE.bin` streams t
 memory flat whatever the corpus size, and writes FILE.bin.json (dtype, id count, vocab size, documents, sources)
 last, as the commit; it replaces only such a pair that data.py wrote, never an input.
 
-Builds on sources.py, tokenize_corpus.py, tokenizer.py and cli.py.
+Builds on sources.py, text_sources.py, tokenize_corpus.py, tokenizer.py and cli.py.
 Run as: python data.py --tokenizer DIR --data SOURCE[:WEIGHT] ... --seq-len T [--out FILE.bin]
 """
 import cli  # first, and standard library only: Ctrl-C during the imports below is one line
@@ -37,7 +37,8 @@ import numpy as np
 import torch
 
 from sources import (DataError, check_source, column_name, is_text_source, is_token_file, is_token_sidecar,
-                     load_self, parse_spec, read_tokens, source_pieces)
+                     load_self, parse_spec, read_tokens)
+from text_sources import source_work
 from tokenize_corpus import BinWriter, copy_chunks, packed_chunks
 
 
@@ -101,8 +102,8 @@ def read_source(name: str, tokenizer, seq_len: int, *, seed: int = 0, teacher=No
         counted = [0]  # documents, counted as the chunks pass
 
         def text_chunks():
-            pieces = source_pieces(name, tokenizer, seed=seed, text_column=text_column)
-            for ids, ended in packed_chunks(pieces, tokenizer, workers=workers):
+            work = source_work(name, tokenizer, seed=seed, text_column=text_column)
+            for ids, ended in packed_chunks(work, tokenizer, workers=workers):
                 counted[0] += ended
                 yield ids
         if out is not None:

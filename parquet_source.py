@@ -7,19 +7,20 @@ a Hugging Face dataset's often does, is named by such a glob). Each row is one d
 chat_docs.row_document: the text column ("text", or --text-column NAME), or "question" + "answer", or a chat
 ("messages" or "conversations"), the same as a .jsonl line. Which one is decided per shard from its schema,
 before any row is read, so a shard without any of them is refused at once. Memory is flat in the number of
-rows: pyarrow decodes one row group's pages at a time and red holds one batch of ROWS_PER_BATCH rows.
+rows: pyarrow decodes a row group's pages at a time, and red holds the few batches of ROWS_PER_BATCH rows that
+are in flight to the tokenising processes.
 A missing pyarrow, a missing shard, a shard that is not parquet (or is cut short), a missing column and a row
 that is no document (a null text, an unknown chat role) are each one DataError naming the shard (and the row).
 
-Builds on chat_docs.py (a row's document) and sources.py's DataError (handed in by the caller, to keep the
-floors: sources.py imports this module).
+Builds on chat_docs.py (the chat columns; text_sources.parquet_rows reads each row) and sources.py's
+DataError, handed in by the caller as `error` (sources.py imports this module for its checks).
 Run as: imported by sources.py (python data.py --tokenizer DIR --data 'shards/*.parquet' packs shards and prints
 what they hold).
 """
 import glob
 import os
 
-from chat_docs import CHAT_COLUMNS, RowError, row_document
+from chat_docs import CHAT_COLUMNS
 
 ROWS_PER_BATCH = 1024
 INSTALL = "pip install pyarrow"
@@ -86,21 +87,16 @@ def check_parquet(name: str, text_column: str, error):
         open_shard(path, text_column, error)
 
 
-def parquet_documents(name: str, text_column: str, render, error):
-    """Yield the documents of every shard of `name`, in order (blank ones included: the caller drops them)."""
+def parquet_batches(name: str, text_column: str, error):
+    """Yield (shard path, rows before the batch, a pyarrow RecordBatch of the columns to read) over every shard of
+    `name`, in order; text_sources.parquet_rows makes documents of a batch."""
     for path in shard_paths(name, error):
         shard, columns = open_shard(path, text_column, error)
         row = 0
         try:
             for batch in shard.iter_batches(batch_size=ROWS_PER_BATCH, columns=columns):
-                values = [batch.column(c).to_pylist() for c in columns]
-                for cells in zip(*values):
-                    row += 1
-                    yield row_document(dict(zip(columns, cells)), text_column, render)
-        except RowError as e:
-            raise error(f"{path}: row {row}: {e}") from None
+                yield path, row, batch
+                row += batch.num_rows
         except (OSError, ValueError) as e:  # a damaged page inside the shard (pyarrow's errors subclass these)
-            if isinstance(e, error):
-                raise
             raise error(f"{path}: unreadable after row {row} ({' '.join(str(e).split())[:100]}) - download or "
                         "write the shard again, or remove it") from None

@@ -3,7 +3,7 @@ samples of the teacher, each read and checked; data.py packs what they give.
 
 Sources (`--data SPEC ...`, each `SOURCE` or `SOURCE:WEIGHT`):
   FILE.txt      one document (UTF-8), read in pieces of a few MB cut where tokenizer.encode cuts long text
-  FILE.jsonl    one document per line, read a line at a time: a "text" field (--text-column NAME for another),
+  FILE.jsonl    one document per line, read a group of lines at a time: a "text" field (--text-column NAME),
                 GSM8K-style "question" + "answer" (problems.qa_text), or a chat, "messages" (role/content) or
                 ShareGPT's "conversations" (from/value), rendered with the teacher's chat template (chat_docs.py)
   FILE.parquet  the same rows as parquet: one shard, a folder of shards or a quoted glob ('d/train-*.parquet'),
@@ -22,15 +22,14 @@ Sources (`--data SPEC ...`, each `SOURCE` or `SOURCE:WEIGHT`):
 A WEIGHT in (0, 100] is an upsampling factor (data.py). The text after the last ':' is a weight only when it
 parses as a number and SPEC itself is not an existing file, so paths containing ':' still work.
 
-Builds on chat_docs.py (a row's document), parquet_source.py, model.py (sampling for self:N), problems.py and
-cli.py.
+Builds on parquet_source.py (its checks), model.py (sampling for self:N), problems.py and cli.py; text_sources.py
+reads the text sources.
 Run as: imported by data.py (python data.py --tokenizer DIR --data SOURCE ... prints what the sources hold).
 """
 import argparse
 import json
 import math
 import os
-import re
 import warnings
 from decimal import Decimal
 
@@ -39,14 +38,11 @@ import torch
 from tqdm import tqdm
 
 import cli
-from chat_docs import RowError, chat_renderer, row_document
 from model import generate
-from parquet_source import check_parquet, is_parquet, parquet_documents
+from parquet_source import check_parquet, is_parquet
 from problems import MAX_PROBLEMS, worked_problems
 
 TEXT_EXTENSIONS = (".txt", ".jsonl", ".parquet")
-TXT_BLOCK = 1 << 22  # bytes of a .txt read at a time
-LETTER_SPACE = re.compile(r"[A-Za-z] ")  # where long text may be cut without changing a token (tokenizer.py)
 TOKEN_EXTENSIONS = (".bin", ".npy")
 MAX_WEIGHT = 100.0
 MAX_SELF = 1_000_000  # self:N sequences (each a teacher sample of --seq-len tokens)
@@ -106,8 +102,10 @@ def json_row(line: str):
     message: integers past Python's int() limit (4300 digits) are read as exact Decimals instead of raising;
     nesting too deep for the parser and unpaired surrogates (not text: they cannot be written back) are refused."""
     try:
-        row = json.loads(line, parse_int=_json_int)
-        if "\\ud" in line.lower():  # an escaped surrogate is text only in a pair (which json joins into one)
+        if line.startswith("\ufeff"):  # as json.loads, whose decoder is built once here (JSON_DECODER)
+            raise json.JSONDecodeError("Unexpected UTF-8 BOM (decode using utf-8-sig)", line, 0)
+        row = JSON_DECODER.decode(line)
+        if "\\ud" in line or "\\uD" in line:  # an escaped surrogate is text only in a pair (json joins one)
             json.dumps(row, ensure_ascii=False).encode("utf-8")
         return row
     except json.JSONDecodeError as e:
@@ -125,6 +123,9 @@ def _json_int(text: str) -> int | Decimal:
         return Decimal(text)
 
 
+JSON_DECODER = json.JSONDecoder(parse_int=_json_int)
+
+
 def read_text(path: str) -> str:
     """A file's contents as text; one-line DataError naming the line and byte of bad UTF-8."""
     with open(path, "rb") as f:
@@ -140,73 +141,6 @@ def decode(raw: bytes, path: str, offset: int = 0, line: int = 1) -> str:
         line += raw[:e.start].count(b"\n")
         raise DataError(f"{path}: not UTF-8 at byte {offset + e.start} (line {line}) - re-encode it, e.g. "
                         "iconv -f latin1 -t utf-8") from None
-
-
-def jsonl_documents(path: str, text_column: str = "text", render=None):
-    """Yield the documents of a .jsonl file, a line at a time (chat_docs.row_document reads each row)."""
-    with open(path, "rb") as f:
-        offset = 0
-        for lineno, raw in enumerate(f, start=1):  # b"\n" only, not splitlines(): JSON strings may hold U+2028
-            line = decode(raw, path, offset, lineno)
-            offset += len(raw)
-            if lineno == 1:
-                line = line.removeprefix("\ufeff")  # a BOM is an encoding marker, not text
-            if not line.strip():
-                continue
-            try:
-                row = json_row(line)
-            except ValueError as e:
-                raise DataError(f"{path}:{lineno}: malformed JSON ({e}) - fix or delete that line") from None
-            try:
-                document = row_document(row, text_column, render)
-            except RowError as e:
-                raise DataError(f"{path}:{lineno}: {e}") from None
-            yield document
-
-
-def txt_pieces(path: str, block: int = TXT_BLOCK, cut: bool = True):
-    """Yield a .txt file, one document, as (text, starts the document, ends it) pieces of about `block` bytes,
-    each cut after an ASCII letter followed by a space: where tokenizer.encode cuts long text itself (no piece of
-    a pre-tokenizer straddles it), so the pieces' ids are the whole file's. `cut=False` (a tokenizer with an added
-    token that holds such a pair) reads the file as one piece. A blank file yields nothing."""
-    with open(path, "rb") as f:
-        pieces = _txt_blocks(f, path, block if cut else -1)
-        text = next(pieces, "").removeprefix("\ufeff")  # a BOM is an encoding marker, not text
-        if not text.strip():  # the first piece is the whole file unless it holds a letter
-            return
-        first = True
-        for following in pieces:
-            yield text, first, False
-            text, first = following, False
-        yield text, first, True
-
-
-def _txt_blocks(f, path: str, block: int):
-    """Consecutive decoded pieces of an open file, each ending at the last letter-space cut of its bytes."""
-    offset, line, rest = 0, 1, b""
-    while True:
-        raw = f.read(block)
-        data = rest + raw
-        cut = _last_cut(data) if raw and block > 0 else len(data)
-        if raw and cut <= 0:  # no cut yet: read on
-            rest = data
-            continue
-        piece, rest = data[:cut], data[cut:]
-        if piece:
-            yield decode(piece, path, offset, line)
-        offset, line = offset + len(piece), line + piece.count(b"\n")
-        if not raw:
-            return
-
-
-def _last_cut(data: bytes) -> int:
-    """The index after the last ASCII letter that a space follows, or -1 (UTF-8: never inside a character)."""
-    i = data.rfind(b" ")
-    while i > 0:
-        if data[i - 1:i].isalpha():  # bytes.isalpha is ASCII only
-            return i
-        i = data.rfind(b" ", 0, i - 1)
-    return -1
 
 
 def builtin_documents(name: str, seed: int) -> list[str]:
@@ -238,26 +172,6 @@ def check_source(name: str, text_column: str = "text"):
 def is_text_source(name: str) -> bool:
     """Whether a source is text to tokenise (built-in, .txt, .jsonl, parquet), not ids or teacher samples."""
     return name == "pydoc" or name.startswith("problems:") or name.endswith(TEXT_EXTENSIONS) or is_parquet(name)
-
-
-def source_pieces(name: str, tokenizer, *, seed: int = 0, text_column: str = "text"):
-    """Yield a text source's (text, starts a document, ends one) pieces in order: every document whole, except a
-    .txt, which comes in pieces (txt_pieces). Blank documents of .jsonl and parquet rows are dropped (a blank one
-    would be bos + eos only). Chat rows are rendered with `tokenizer`'s chat template."""
-    if name == "pydoc" or name.startswith("problems:"):
-        for doc in builtin_documents(name, seed):
-            yield doc, True, True
-        return
-    if name.endswith(".txt"):
-        specials = getattr(getattr(tokenizer, "encoding", None), "special_tokens_set", ())
-        yield from txt_pieces(name, cut=not any(map(LETTER_SPACE.search, specials)))
-        return
-    render = chat_renderer(tokenizer)
-    docs = (jsonl_documents(name, text_column, render) if name.endswith(".jsonl") else
-            parquet_documents(name, text_column, render, DataError))
-    for doc in docs:
-        if doc.strip():
-            yield doc, True, True
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -1,12 +1,15 @@
 """Text into packed ids on every core, in order and in flat memory: how data.py tokenises every text source,
 and the streamed .bin that `python data.py --out` writes for a corpus larger than memory.
 
-The packing is data.py's (`tokenize_documents`: each document [bos] + ids + [eos]); here it runs on a stream
-of (text, starts a document, ends one) pieces (sources.source_pieces). Pieces are gathered into batches of
-about BATCH_CHARS characters and each batch is encoded by a thread of a pool as wide as the cores this process
-may use (tiktoken releases the GIL while it encodes, so the threads run at once); at most two batches per thread
-are in flight and the results are taken back in submission order. The ids are therefore those of one thread,
-byte for byte, and memory is bounded by the batches in flight, whatever the size of the corpus.
+The packing is data.py's (`tokenize_documents`: each document [bos] + ids + [eos]); here it runs on a source's
+work items (text_sources.source_work: about a MB of text each, whose documents are read where they are
+encoded). Each item is encoded by a worker process of a pool as wide as the cores this process may use,
+forked, so that each inherits the tokenizer as it is (threads would share one interpreter: tiktoken releases
+the GIL while it encodes, yet two threads ran no faster than one on the 2-core machine, while two processes ran
+twice as fast; bench/bench_tokenize.py). At most two items per worker are in flight and the results are taken
+back in submission order: the ids are those of one process, byte for byte, and memory is bounded by the items
+in flight, whatever the size of the corpus. A source of one item is encoded here, without a pool; so is every
+source where processes cannot be forked (Windows).
 
 `BinWriter` is data.py --out: ids are appended to a temporary file beside FILE.bin as they come (a tqdm bar
 shows tokens/s on a terminal) and read back as a memory map for the statistics; `commit` then syncs it and,
@@ -19,10 +22,13 @@ Builds on sources.py (token_dtype), cli.py (held-back signals, JSON writes) and 
 Run as: imported by data.py (python data.py --tokenizer DIR --data SOURCE ... --out FILE.bin; bench/
 bench_tokenize.py measures it against tiktoken and Hugging Face tokenizers).
 """
+import itertools
+import multiprocessing as mp
 import os
+import signal
 import tempfile
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
 from tqdm import tqdm
@@ -30,64 +36,77 @@ from tqdm import tqdm
 import cli
 from sources import token_dtype
 
-BATCH_CHARS = 1 << 20  # characters of text per batch a thread encodes
 COPY_IDS = 1 << 24     # ids of a token file copied at a time
 
 
 def cores() -> int:
-    """The cores this process may run on (its CPU affinity, which a container or taskset may narrow)."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    """The cores this process may run on (its CPU affinity, which a container or taskset may narrow), shared
+    among the ranks of a torchrun launch on this machine."""
+    n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, n // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
 
 
-def encode_batch(tokenizer, has_bos: bool, batch: list) -> tuple[np.ndarray, int]:
-    """(uint32 ids, documents ended) of a batch of (text, starts, ends) pieces, packed as data.py packs."""
+def encode_batch(tokenizer, has_bos: bool, item: tuple) -> tuple[np.ndarray, int]:
+    """(uint32 ids, documents ended) of one work item (text_sources.source_work: its function gives the item's
+    (text, starts, ends) pieces), packed as data.py packs."""
+    function, arguments = item
+    pieces = function(tokenizer, *arguments)
     parts = [np.asarray(tokenizer.encode(text, bos=starts and has_bos, eos=ends), dtype=np.uint32)
-             for text, starts, ends in batch]
+             for text, starts, ends in pieces]
     ids = np.concatenate(parts) if parts else np.zeros(0, dtype=np.uint32)
-    return ids, sum(ends for _, _, ends in batch)
+    return ids, sum(ends for _, _, ends in pieces)
 
 
-def batches(pieces, chars: int = BATCH_CHARS):
-    """Consecutive lists of pieces holding about `chars` characters each (a piece is never split)."""
-    batch, size = [], 0
-    for piece in pieces:
-        batch.append(piece)
-        size += len(piece[0])
-        if size >= chars:
-            yield batch
-            batch, size = [], 0
-    if batch:
-        yield batch
-
-
-def packed_chunks(pieces, tokenizer, *, workers: int = 0, chars: int = BATCH_CHARS):
-    """Yield (uint32 ids, documents ended) per batch of pieces, in order, encoded by `workers` threads (0: every
-    core). Reading the pieces (JSON, parquet, UTF-8) runs in the calling thread, alongside the encoding."""
+def packed_chunks(work, tokenizer, *, workers: int = 0):
+    """Yield (uint32 ids, documents ended) per work item, in order, encoded by `workers` processes (0: every
+    core). A source of one item is encoded here, without starting any."""
     # bos only where the checkpoint's own tokenizer puts one first (Llama 3 yes; SmolLM2, Qwen no)
     has_bos = getattr(tokenizer, "add_bos", tokenizer.bos_id is not None)
     workers = workers or cores()
-    if workers == 1:
-        for batch in batches(pieces, chars):
-            yield encode_batch(tokenizer, has_bos, batch)
+    work = iter(work)
+    first = list(itertools.islice(work, 2))
+    if len(first) < 2 or workers == 1 or "fork" not in mp.get_all_start_methods():
+        for item in itertools.chain(first, work):
+            yield encode_batch(tokenizer, has_bos, item)
         return
-    with ThreadPoolExecutor(workers, thread_name_prefix="tokenize") as pool:
+    # fork: each worker inherits the tokenizer as it is, nothing pickled, nothing imported again
+    with ProcessPoolExecutor(workers, mp_context=mp.get_context("fork"), initializer=_start_worker,
+                             initargs=(tokenizer, has_bos)) as pool:
         pending = deque()
         try:
-            for batch in batches(pieces, chars):
-                pending.append(pool.submit(encode_batch, tokenizer, has_bos, batch))
+            for item in itertools.chain(first, work):
+                pending.append(pool.submit(_encode_in_worker, item))
                 if len(pending) >= 2 * workers:  # bounded memory: wait for the oldest before reading on
                     yield pending.popleft().result()
             while pending:
                 yield pending.popleft().result()
-        finally:  # an error or an early stop: batches not started are dropped, running ones finish
+        finally:  # an error or an early stop: items not started are dropped, running ones finish
             for future in pending:
                 future.cancel()
+
+
+_WORKER = {}
+
+
+def _start_worker(tokenizer, has_bos: bool):
+    """A worker's start: keep the tokenizer; Ctrl-C is the parent's to handle (it stops the pool)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _WORKER.update(tokenizer=tokenizer, has_bos=has_bos)
+
+
+def _encode_in_worker(item: tuple) -> tuple[np.ndarray, int]:
+    return encode_batch(_WORKER["tokenizer"], _WORKER["has_bos"], item)
 
 
 def copy_chunks(tokens: np.ndarray, size: int = COPY_IDS):
     """A token file's ids in slices of `size` (read from its memory map a slice at a time)."""
     for start in range(0, len(tokens), size):
         yield tokens[start:start + size]
+
+
+class Bar(tqdm):
+    """tqdm without its monitor thread (the pool's workers are forked from this process: no thread to copy)."""
+    monitor_interval = 0
 
 
 class BinWriter:
@@ -101,7 +120,8 @@ class BinWriter:
         os.makedirs(folder, exist_ok=True)
         fd, self.tmp = tempfile.mkstemp(dir=folder, prefix=f".{name}.tmp-")
         self.file = os.fdopen(fd, "wb")
-        self.bar = tqdm(desc=f"tokenising into {name}", unit="tok", unit_scale=True, disable=None, smoothing=0.1)
+        self.bar = Bar(desc=f"tokenising into {name}", unit="tok", unit_scale=True, disable=None, smoothing=0.1,
+                        mininterval=0.5)
 
     def __enter__(self):
         return self
