@@ -27,8 +27,10 @@ TXT_BLOCK = 1 << 22    # bytes of a .txt read at a time
 LETTER_SPACE = re.compile(r"[A-Za-z] ")  # where long text may be cut without changing a token (tokenizer.py)
 
 
-def source_work(name: str, tokenizer, *, seed: int = 0, text_column: str = "text", size: int = WORK_BYTES):
-    """Yield the work items of a text source (a built-in, .txt, .jsonl or parquet), in order."""
+def source_work(name: str, tokenizer, *, seed: int = 0, text_column: str = "text", size: int = 0):
+    """Yield the work items of a text source (a built-in, .txt, .jsonl or parquet), in order, each of about
+    `size` bytes (0: WORK_BYTES)."""
+    size = size or WORK_BYTES
     if name == "pydoc" or name.startswith("problems:"):
         yield from document_work(builtin_documents(name, seed), size)
     elif name.endswith(".txt"):
@@ -48,7 +50,7 @@ def source_pieces(name: str, tokenizer, **kwargs):
         yield from function(tokenizer, *arguments)
 
 
-def document_work(docs: list[str], size: int = WORK_BYTES):
+def document_work(docs: list[str], size: int):
     """Documents in memory as work items of about `size` characters (every document kept, blank or not)."""
     group, n = [], 0
     for doc in docs:
@@ -69,7 +71,7 @@ def ready(tokenizer, pieces: list) -> list:
 # ---------------------------------------------------------------------------------------------------------
 # .jsonl: groups of raw lines here, documents in the worker
 
-def jsonl_work(path: str, text_column: str, size: int = WORK_BYTES):
+def jsonl_work(path: str, text_column: str, size: int):
     """A .jsonl file as items of raw lines (b"\\n" only, not splitlines(): JSON strings may hold U+2028)."""
     with open(path, "rb") as f:
         group, n, first, offset = [], 0, 1, 0
@@ -128,11 +130,12 @@ def parquet_rows(tokenizer, path: str, first_row: int, batch, text_column: str) 
 # ---------------------------------------------------------------------------------------------------------
 # .txt: one document in pieces
 
-def txt_pieces(path: str, block: int = TXT_BLOCK, cut: bool = True):
-    """Yield a .txt file, one document, as (text, starts the document, ends it) pieces of about `block` bytes
-    cut after an ASCII letter followed by a space (`cut=False`: one piece). A blank file yields nothing."""
+def txt_pieces(path: str, block: int = 0, cut: bool = True):
+    """Yield a .txt file, one document, as (text, starts the document, ends it) pieces of about `block` bytes (0:
+    TXT_BLOCK) cut after an ASCII letter followed by a space (`cut=False`: one piece). A blank file yields
+    nothing."""
     with open(path, "rb") as f:
-        pieces = _txt_blocks(f, path, block if cut else -1)
+        pieces = _txt_blocks(f, path, (block or TXT_BLOCK) if cut else -1)
         text = next(pieces, "").removeprefix("\ufeff")  # a BOM is an encoding marker, not text
         if not text.strip():  # the first piece is the whole file unless it holds a letter
             return
