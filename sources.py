@@ -2,7 +2,7 @@
 samples of the teacher, each read and checked; data.py packs what they give.
 
 Sources (`--data SPEC ...`, each `SOURCE` or `SOURCE:WEIGHT`):
-  FILE.txt      one document (UTF-8), read in pieces of a few MB cut where tokenizer.encode cuts long text
+  FILE.txt      one document (UTF-8), read in pieces of about a MB cut where tokenizer.encode cuts long text
   FILE.jsonl    one document per line, read a group of lines at a time: a "text" field (--text-column NAME),
                 GSM8K-style "question" + "answer" (problems.qa_text), or a chat, "messages" (role/content) or
                 ShareGPT's "conversations" (from/value), rendered with the teacher's chat template (chat_docs.py)

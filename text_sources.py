@@ -1,5 +1,5 @@
 """A text source as work for the processes that tokenise it: a .jsonl file as groups of raw lines, parquet as
-batches of rows, a .txt as pieces of a few MB, the built-in corpora as groups of documents.
+batches of rows, a .txt as pieces of about a MB, the built-in corpora as groups of documents.
 
 Each work item is (function, arguments), and function(tokenizer, *arguments) gives the item's (text, starts a
 document, ends one) pieces, blank documents dropped. The reading that costs (UTF-8, JSON, chat templates, a
@@ -23,7 +23,7 @@ from parquet_source import parquet_batches
 from sources import DataError, builtin_documents, decode, json_row
 
 WORK_BYTES = 1 << 20   # about this much text per work item
-TXT_BLOCK = 1 << 22    # bytes of a .txt read at a time
+TXT_BLOCK = 1 << 20    # bytes of a .txt read at a time
 LETTER_SPACE = re.compile(r"[A-Za-z] ")  # where long text may be cut without changing a token (tokenizer.py)
 
 

@@ -18,9 +18,10 @@ memory, against a plain single-thread tiktoken loop and Hugging Face tokenizers'
    times larger than its memory the corpus was. The startup (imports, tokenizer) is timed on a tiny corpus and
    shown apart. The machine's load average is printed: timings on a shared machine move with it.
 
-Builds on data.py (its CLI), tokenize_corpus.py, text_sources.py, tokenizer.py and problems.py, with tiktoken and tokenizers
-(the references) and pyarrow for --format parquet.
-Run as: python bench/bench_tokenize.py [--mb 2000] [--sample-mb 64] [--format jsonl|txt|parquet] [--tokenizer DIR]
+Builds on data.py (its CLI), tokenize_corpus.py, text_sources.py, tokenizer.py and problems.py, with tiktoken and
+tokenizers (the references) and pyarrow for --format parquet.
+Run as: python bench/bench_tokenize.py [--mb 2000] [--sample-mb 48] [--rounds 3] [--format jsonl|txt|parquet]
+                                       [--tokenizer DIR] [--dir DIR]
 """
 import argparse
 import json
