@@ -235,3 +235,18 @@ def test_row_documents_and_their_errors():
             row_document(row, render=lambda m: "")
     with pytest.raises(DataError, match="no such file"):
         data.read_source("missing.parquet", None, 8)
+
+
+def test_bench_tokenize_runs_on_a_tiny_corpus(world, tmp_path):
+    """bench/bench_tokenize.py end to end at a tiny size: its tables and the flat-memory line (no timing checked)."""
+    import subprocess
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    result = subprocess.run([sys.executable, "bench/bench_tokenize.py", "--tokenizer", world["teacher"], "--mb", "2",
+                             "--sample-mb", "0.2", "--rounds", "1", "--dir", str(tmp_path)], cwd=root,
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = [line for line in result.stdout.splitlines() if line.startswith("| ")]
+    assert [r.split(" | ")[0] for r in rows[1:6]] == ["| tiktoken loop", "| tiktoken loop, a process per core",
+                                                      "| red packed_chunks", "| tiktoken encode_ordinary_batch",
+                                                      "| HF tokenizers encode_batch_fast"]
+    assert "MB jsonl" in rows[-1] and "peak RSS of data.py" in result.stdout and not os.listdir(tmp_path)
