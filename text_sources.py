@@ -8,8 +8,9 @@ process that reads the files only cuts them into items of about WORK_BYTES: done
 rows took a third of a core at two cores' encoding rate and held the GIL that the pool's own threads need.
 A .txt is one document, read in pieces of TXT_BLOCK bytes cut after an ASCII letter followed by a space: where
 tokenizer.encode cuts long text itself (no piece of a pre-tokenizer straddles it, NFC composes nothing across
-it), so the pieces' ids are the whole file's, and a .txt larger than memory is read in flat memory too. A
-tokenizer with an added token that holds such a pair reads the file whole.
+it), so the pieces' ids are the whole file's, and a .txt larger than memory is read in flat memory too (text
+with no such pair, Chinese say, is read on until one comes). A tokenizer with an added token that holds such a
+pair reads the file whole.
 Errors are sources.DataError, one line naming the file and the line (or row, or byte) wherever they are met.
 
 Builds on sources.py (json_row, decode, the built-in corpora, DataError), chat_docs.py (a row's document) and

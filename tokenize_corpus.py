@@ -5,8 +5,8 @@ The packing is data.py's (`tokenize_documents`: each document [bos] + ids + [eos
 work items (text_sources.source_work: about a MB of text each, whose documents are read where they are
 encoded). Each item is encoded by a worker process of a pool as wide as the cores this process may use,
 forked, so that each inherits the tokenizer as it is (threads would share one interpreter: tiktoken releases
-the GIL while it encodes, yet two threads ran no faster than one on the 2-core machine, while two processes ran
-twice as fast; bench/bench_tokenize.py). At most two items per worker are in flight and the results are taken
+the GIL while it encodes, yet two threads ran 1.0-1.4x as fast as one on the 2-core machine, two worker
+processes 1.7-1.9x; bench/bench_tokenize.py). At most two items per worker are in flight and the results are taken
 back in submission order: the ids are those of one process, byte for byte, and memory is bounded by the items
 in flight, whatever the size of the corpus. A source of one item is encoded here, without a pool; so is every
 source where processes cannot be forked (Windows).
