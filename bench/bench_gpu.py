@@ -14,6 +14,10 @@
    first, then the plain one (distill.PlainStep), and compared at LRC's 3 x 2048 tokens per GPU.
    --compile also times the student's forward under torch.compile; --recompute sweeps with the student's blocks
    recomputed in the backward (distill.py --recompute), for when memory binds.
+   ZeRO: the lean step at 3 x 2048 once more with distill.py's optimizer under torchrun (make_optimizer: AdamW's
+   moments sharded over the ranks), this process standing in for rank 0 of --zero-ranks: torch's fake process
+   group gives it that rank and world size and returns from every collective at once, so it holds what rank 0
+   holds (its share of AdamW's state, distill.py's flat gradient buffer), NCCL's own buffers not counted.
 2. Correctness on a tiny Llama: 20 steps on CUDA in fp32 equal 20 steps on the CPU to 1e-4 (largest
    difference of any projection entry, relative to the largest entry), and in bf16 autocast within 5e-2.
 
@@ -40,7 +44,7 @@ from model import Transformer, rope_inv_freq  # noqa: E402
 from paper_shapes import LLAMA_3_2_3B  # noqa: E402  the released config.json
 import bench_distill  # noqa: E402  one FLOP count for both benchmarks
 from run_config import Config  # noqa: E402
-from student import Student  # noqa: E402
+from student import Student, all_reduce_grads  # noqa: E402
 
 TINY_LLAMA = dict(LLAMA_3_2_3B, vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                   num_attention_heads=4, num_key_value_heads=2, head_dim=16)
@@ -144,6 +148,8 @@ def throughput(args):
         print(f"\nat 3 x {seq_len} tokens: lean {lean_tps:.0f} tokens/s, {lean_peak:.1f} GiB; plain {plain_tps:.0f} "
               f"tokens/s, {plain_peak:.1f} GiB; lean / plain: {lean_tps / plain_tps:.2f}x the speed, "
               f"{lean_peak / plain_peak:.2f}x the memory")
+    if "lean" in args.step:
+        zero_memory(args, teacher, autocast, cfg, at_lrc.get("lean"))
     if args.compile:
         student, _, _ = prepared("plain", teacher, width, torch.float32, False)
         compiled = torch.compile(student)
@@ -157,6 +163,47 @@ def throughput(args):
                 if on_gpu:
                     torch.cuda.synchronize()
                 print(f"student forward, 1 x {seq_len}, {label}: {(time.perf_counter() - start) / args.steps:.3f} s")
+
+
+def adamw_state_bytes(optimizer) -> int:
+    """Bytes of AdamW's state this process holds (ZeroRedundancyOptimizer: its shard's)."""
+    inner = getattr(optimizer, "optim", optimizer)
+    return sum(t.numel() * t.element_size() for state in inner.state.values() for t in state.values()
+               if torch.is_tensor(t))
+
+
+def zero_memory(args, teacher, autocast, cfg, whole):
+    """The lean step at 3 sequences with AdamW sharded as under torchrun, as rank 0 of --zero-ranks (see the
+    module docstring); `whole`: the sweep's (tokens/s, peak GiB) with the whole AdamW, for comparison."""
+    import torch.distributed as dist
+    from torch.testing._internal.distributed.fake_pg import FakeStore  # torch's own single-process stand-in
+    on_gpu = args.device.startswith("cuda")
+    dist.init_process_group("fake", store=FakeStore(), rank=0, world_size=args.zero_ranks)
+    try:
+        student, _, step = prepared("lean", teacher, args.width, torch.bfloat16 if on_gpu else torch.float32,
+                                    args.recompute)
+        optimizer = distill.make_optimizer(cfg, student, args.zero_ranks, True if on_gpu else None)
+        params = list(student.parameters())
+        tokens = torch.randint(0, teacher.args.vocab_size, (3, args.seq_len), device=args.device)
+        if on_gpu:
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+        for _ in range(2):  # AdamW's state is made by the first step
+            distill.train_step(student, teacher, [tokens], cfg, autocast, teacher.args.vocab_size, step)
+            all_reduce_grads(params, args.zero_ranks)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        if on_gpu:
+            torch.cuda.synchronize()
+        peak = torch.cuda.max_memory_allocated() / 2**30 if on_gpu else float("nan")
+        held, full = adamw_state_bytes(optimizer), 2 * sum(p.numel() * p.element_size() for p in params)
+        print(f"\nZeRO, lean step at 3 x {args.seq_len} tokens, as rank 0 of {args.zero_ranks}: peak {peak:.1f} GiB"
+              + (f" (the whole AdamW: {whole[1]:.1f} GiB)" if whole else "")
+              + f"; AdamW's state held {held / 2**20:.1f} of {full / 2**20:.1f} MiB ({held / full:.3f})")
+    finally:
+        dist.destroy_process_group()
+        if on_gpu:
+            torch.cuda.empty_cache()
 
 
 def train_20_steps(teacher, device, autocast, steps=20, kind="plain") -> dict:
@@ -208,6 +255,8 @@ def main():
     parser.add_argument("--recompute", action="store_true", help="activation checkpointing of the student "
                                                                  "(its extra forward is not counted in the MFU)")
     parser.add_argument("--compile", action="store_true", help="also time the student forward under torch.compile")
+    parser.add_argument("--zero-ranks", type=int, default=8, help="ranks AdamW's state is sharded over in the "
+                                                                    "ZeRO measurement (one process stands in)")
     parser.add_argument("--step", nargs="+", choices=["lean", "plain"], default=["lean", "plain"],
                         help="the training steps to sweep (default both, lean first)")
     args = parser.parse_args()

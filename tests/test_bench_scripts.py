@@ -112,6 +112,8 @@ def test_bench_gpu_runs_its_sweep_and_checks_on_a_tiny_model():
     rows = [line.split() for line in result.stdout.splitlines() if line.strip()[:1].isdigit()]
     assert [int(r[0]) for r in rows] == [1, 2, 1, 2] and all(float(r[3]) > 0 for r in rows)  # tokens/s
     assert result.stdout.index("lean step") < result.stdout.index("plain step")  # both swept, the lean one first
+    zero = result.stdout.split("as rank 0 of 8:")[1].splitlines()[0]  # AdamW's state sharded: about an eighth
+    assert 0.1 < float(zero.split("(")[-1].rstrip(")")) < 0.2
 
 
 def test_paper_shapes_distil_resume_and_load_in_transformers():
