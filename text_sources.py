@@ -51,11 +51,12 @@ def source_pieces(name: str, tokenizer, **kwargs):
         yield from function(tokenizer, *arguments)
 
 
-def document_work(docs: list[str], size: int):
-    """Documents in memory as work items of about `size` characters (every document kept, blank or not)."""
+def document_work(docs: list[str], size: int, marks: bool = True):
+    """Documents in memory as work items of about `size` characters (every document kept, blank or not), each
+    between bos and eos (marks=False: the bare text, as a plain tokenizer loop sees it)."""
     group, n = [], 0
     for doc in docs:
-        group.append((doc, True, True))
+        group.append((doc, marks, marks))
         n += len(doc)
         if n >= size:
             yield ready, (group,)

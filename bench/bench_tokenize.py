@@ -41,7 +41,7 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)  # bench/ scripts run as files (python bench/x.py)
 from problems import worked_problems  # noqa: E402
-from text_sources import WORK_BYTES, ready  # noqa: E402
+from text_sources import WORK_BYTES, document_work  # noqa: E402
 from tokenize_corpus import cores, packed_chunks  # noqa: E402
 from tokenizer import load_tokenizer  # noqa: E402
 
@@ -94,7 +94,8 @@ def same_text(tok, tokenizer_json: str, docs: list[str], threads: int, rounds: i
     ways = [("tiktoken loop", 1, lambda: [tok.encoding.encode_ordinary(d) for d in docs]),
             ("tiktoken loop, a process per core", threads, lambda: loop_per_core(tok, docs, threads)),
             ("red packed_chunks", threads,
-             lambda: [ids for ids, _ in packed_chunks(plain_work(docs), tok, workers=threads)]),
+             lambda: [ids for ids, _ in packed_chunks(document_work(docs, WORK_BYTES, marks=False), tok,
+                                                      workers=threads)]),
             ("tiktoken encode_ordinary_batch", threads,
              lambda: tok.encoding.encode_ordinary_batch(docs, num_threads=threads)),
             ("HF tokenizers encode_batch_fast", threads,
@@ -112,19 +113,6 @@ def same_text(tok, tokenizer_json: str, docs: list[str], threads: int, rounds: i
                 best[name] = (name, n, len(flat), wall, cpu)
             print(f"  round {r + 1}, {name}: {len(flat) / wall / 1e6:.2f} Mtok/s", flush=True)
     return [best[name] for name, _, _ in ways]
-
-
-def plain_work(docs: list[str], size: int = WORK_BYTES):
-    """Documents as work items of about `size` characters, without bos or eos: the loop's text exactly."""
-    group, n = [], 0
-    for doc in docs:
-        group.append((doc, False, False))
-        n += len(doc)
-        if n >= size:
-            yield ready, (group,)
-            group, n = [], 0
-    if group:
-        yield ready, (group,)
 
 
 def loop_per_core(tok, docs: list[str], processes: int) -> list[np.ndarray]:

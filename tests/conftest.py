@@ -114,3 +114,19 @@ def tiny_teacher(tmp_path):
     def build(family="llama", seed=0):
         return make_tiny_teacher(tmp_path / f"teacher-{family}-{seed}", family, seed)
     return build
+
+
+def general_texts(tmp_path) -> dict:
+    """Two small .jsonl files of general text, {"train": path, "heldout": path}, for the experiments' harnesses."""
+    import json
+    texts = {name: tmp_path / f"{name}.jsonl" for name in ("train", "heldout")}
+    for i, (name, path) in enumerate(texts.items()):
+        path.write_text("".join(json.dumps({"text": f"Document {j} of the {name} text: the quick brown fox, part "
+                                                    f"{i}. " * 4}) + "\n" for j in range(40)))
+    return texts
+
+
+def read_csv(path) -> list[dict]:
+    import csv
+    with open(path) as f:
+        return list(csv.DictReader(f))

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 
-import eval_reasoning as er
+from conftest import general_texts, make_tiny_teacher, read_csv
 from experiments.ladder import number_nll, outcomes
 from experiments.ladder_report import Resamples, accuracies, accuracy, case, readings
 
@@ -111,7 +111,7 @@ def test_the_report_says_which_case_the_record_falls_in(tmp_path):
     # a plateau record is not a ladder's: refused in one line
     plateau_record = tmp_path / "plateau"
     shutil.copytree(tmp_path / "gap", plateau_record)
-    rows = read_points(plateau_record / "points.csv")
+    rows = read_csv(plateau_record / "points.csv")
     from experiments.plateau_report import write_rows
     write_rows(str(plateau_record / "points.csv"), [{k: v for k, v in r.items() if k != "budget"} for r in rows])
     with pytest.raises(SystemExit) as refused:
@@ -210,19 +210,9 @@ def finish(process, check=True):
     return result
 
 
-def read_points(path):
-    import csv
-    with open(path) as f:
-        return list(csv.DictReader(f))
-
-
 def test_ladder_end_to_end_side_by_side_resumed_joined_reported(tmp_path):
-    from conftest import make_tiny_teacher
     teacher = make_tiny_teacher(tmp_path / "teacher")
-    texts = {name: tmp_path / f"{name}.jsonl" for name in ("train", "heldout")}
-    for i, (name, path) in enumerate(texts.items()):
-        er.write_jsonl(path, [{"text": f"Document {j} of the {name} text: the quick brown fox, part {i}. " * 4}
-                              for j in range(40)])
+    texts = general_texts(tmp_path)
     common = ["--teacher", teacher, "--width", 32, "--seeds", 0, "--batch-size", 2, "--seq-len", 32,
               "--corpus-per-step", 10, "--steps-list", 1, 2, "--eval-per-step", 3, "--max-new-tokens", 8,
               "--windows", 8, "--text-train", texts["train"], "--text-heldout", texts["heldout"], "--early", 2]
@@ -231,7 +221,7 @@ def test_ladder_end_to_end_side_by_side_resumed_joined_reported(tmp_path):
     side = run_ladder(*common, "--arms", "red", "--budgets", 2, "--rates", "red=3e-3", "--out", red, wait=False)
     finish(run_ladder(*common, "--arms", "lrc", "--budgets", 3, "--rates", "lrc=3e-3", "--out", lrc, wait=False))
     finish(side)
-    first, theirs = read_points(red / "points.csv"), read_points(lrc / "points.csv")
+    first, theirs = read_csv(red / "points.csv"), read_csv(lrc / "points.csv")
     assert [(r["budget"], r["step"]) for r in first + theirs] == [("2", "0"), ("2", "2"), ("3", "0"), ("3", "2"),
                                                                   ("3", "3")]
     assert theirs[-1]["outcomes_1"] and len(theirs[-1]["outcomes_2"]) == 3 and not theirs[1]["outcomes_1"]  # end only
@@ -243,13 +233,13 @@ def test_ladder_end_to_end_side_by_side_resumed_joined_reported(tmp_path):
     refused = finish(side, check=False)
     assert refused.returncode == 2 and "early" in refused.stderr and len(refused.stderr.strip().splitlines()) == 1
     assert "budget     2" not in resumed.stdout and "budget     4 seed 0 step     4" in resumed.stdout
-    points = read_points(red / "points.csv")
+    points = read_csv(red / "points.csv")
     assert points[:2] == first and [(r["budget"], r["step"]) for r in points[2:]] == [("4", "0"), ("4", "2"),
                                                                                      ("4", "4")]
     # joined into one record: nothing trains, the runs' files come along, the report has every part
     both = tmp_path / "both"
     run_ladder(*common, "--rates", "red=3e-3", "lrc=3e-3", "--out", both, "--join", red, lrc)
-    assert read_points(both / "points.csv") == points + theirs
+    assert read_csv(both / "points.csv") == points + theirs
     assert (both / "runs" / "red-b4-s0.run").is_dir() and (both / "runs" / "lrc-b3-s0.log").is_file()
     table = (both / "ladder.md").read_text()
     for part in ("## The decision (docs/METHOD.md §4.5.1)", "## The annealed ends", "| teacher |",
@@ -269,7 +259,7 @@ def test_ladder_end_to_end_side_by_side_resumed_joined_reported(tmp_path):
     again = run_ladder(*common, "--arms", "red", "--budgets", 2, 4, "--rates", "red=3e-3", "--out", record, "--resume")
     finish(side)
     assert " seed 0 step " not in again.stdout and not (record / "inits").exists()
-    assert read_points(record / "points.csv") == read_points(both / "points.csv")
+    assert read_csv(record / "points.csv") == read_csv(both / "points.csv")
     assert (record / "ladder.md").read_text() == table == (copy / "ladder.md").read_text()
 
 

@@ -7,7 +7,6 @@ tiny teacher.
 Run as: pytest tests/test_plateau.py -q
 """
 import argparse
-import csv
 import json
 import math
 import os
@@ -19,6 +18,7 @@ import pytest
 
 import checkpoint as ckpt
 import eval_reasoning as er
+from conftest import general_texts, make_tiny_teacher, read_csv
 from experiments.plateau import next_rate
 from experiments.schedule_bias import schedule_bias
 from experiments.plateau_report import (equal_fit, lead_cells, interpolated_accuracy, over_last_points, plateau, under_way,
@@ -178,18 +178,9 @@ def run_plateau(*flags, check=True):
     return result
 
 
-def read_csv(path):
-    with open(path) as f:
-        return list(csv.DictReader(f))
-
-
 def test_sweep_then_segmented_runs_measured_as_written(tmp_path):
-    from conftest import make_tiny_teacher
     teacher = make_tiny_teacher(tmp_path / "teacher")
-    texts = {name: tmp_path / f"{name}.jsonl" for name in ("train", "heldout")}
-    for i, (name, path) in enumerate(texts.items()):
-        er.write_jsonl(path, [{"text": f"Document {j} of the {name} text: the quick brown fox, part {i}. " * 4}
-                              for j in range(40)])
+    texts = general_texts(tmp_path)
     out = tmp_path / "plateau"
     common = ["--teacher", teacher, "--width", 32, "--arms", "red", "lrc", "--seeds", 0, "--steps", 4, "--points", 2,
               "--sweep-steps", 2, "--sweep-lrs", 1e-3, 3e-3, "--sweep-extend", 1, "--batch-size", 2,
