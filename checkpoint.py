@@ -54,19 +54,23 @@ def checkpoint_dir(run_dir: str, step: int) -> str:
 
 def latest_checkpoint(run_dir: str) -> str | None:
     """The newest complete checkpoint directory of a run, or None. (A `checkpoint-N` exists only complete.)"""
-    if not os.path.isdir(run_dir):
-        return None
-    steps = [int(m.group(1)) for name in os.listdir(run_dir) if (m := CHECKPOINT.fullmatch(name))]
-    return checkpoint_dir(run_dir, max(steps)) if steps else None
+    steps = checkpoint_steps(run_dir) if os.path.isdir(run_dir) else []
+    return checkpoint_dir(run_dir, steps[0]) if steps else None
 
 
-def clean(run_dir: str):
-    """Remove what a kill left behind: unfinished `.checkpoint-*.tmp` and checkpoints older than the newest."""
-    latest = latest_checkpoint(run_dir)
+def checkpoint_steps(run_dir: str) -> list[int]:
+    """The steps of a run's complete checkpoints, newest first."""
+    return sorted((int(m.group(1)) for name in os.listdir(run_dir) if (m := CHECKPOINT.fullmatch(name))),
+                  reverse=True)
+
+
+def clean(run_dir: str, keep: int = 1):
+    """Remove what a kill left behind (unfinished `.checkpoint-*.tmp`) and all but the `keep` newest checkpoints."""
+    kept = {checkpoint_dir(run_dir, step) for step in checkpoint_steps(run_dir)[:keep]}
     for name in os.listdir(run_dir):
         path = os.path.join(run_dir, name)
         if (name.startswith(".checkpoint-") and name.endswith(".tmp")) or (
-                CHECKPOINT.fullmatch(name) and path != latest):
+                CHECKPOINT.fullmatch(name) and path not in kept):
             shutil.rmtree(path)
 
 
@@ -78,9 +82,10 @@ def sha256(path: str) -> str:
     return digest.hexdigest()
 
 
-def save_checkpoint(run_dir: str, step: int, student, optimizer, state: dict):
+def save_checkpoint(run_dir: str, step: int, student, optimizer, state: dict, keep: int = 1):
     """Projections + gains, AdamW state (safetensors), state.json and, last, checksums.json into
-    checkpoint-<step>, atomically (a failed write removes its half-written folder)."""
+    checkpoint-<step>, atomically (a failed write removes its half-written folder); then only the `keep`
+    newest checkpoints are kept."""
     final = checkpoint_dir(run_dir, step)
     if os.path.isdir(final):  # this step is already saved, complete (e.g. stopped right after resuming)
         return
@@ -104,7 +109,7 @@ def save_checkpoint(run_dir: str, step: int, student, optimizer, state: dict):
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     os.replace(tmp, final)  # the one atomic moment: before it the old checkpoint is the newest, after it this one
-    clean(run_dir)
+    clean(run_dir, keep)
 
 
 def damaged(path: str, what: str) -> RunError:
@@ -162,6 +167,25 @@ def verify_checkpoint(path: str) -> dict:
     if problems:
         raise damaged(path, "state.json: " + "; ".join(problems)[:300])
     return state
+
+
+def sound_checkpoint(run_dir: str, skip_damaged: bool, set_aside: bool) -> dict:
+    """--resume: the state of the newest checkpoint that verifies (`verify_checkpoint`). A damaged newest one
+    is refused, naming the older checkpoint --skip-damaged would resume from; with --skip-damaged each damaged
+    one is passed over and, where `set_aside` (rank 0), renamed damaged-checkpoint-N: kept, never deleted."""
+    for step in checkpoint_steps(run_dir):
+        path = checkpoint_dir(run_dir, step)
+        try:
+            return verify_checkpoint(path)
+        except (RunError, OSError) as e:  # OSError: another rank set it aside meanwhile
+            if not skip_damaged:
+                older = checkpoint_steps(run_dir)[1:2]
+                raise RunError(str(e) + (f"; or resume from its checkpoint-{older[0]:08d} with --resume "
+                                         "--skip-damaged" if older else "")) from None
+            if set_aside and os.path.isdir(path):
+                os.replace(path, os.path.join(run_dir, "damaged-" + os.path.basename(path)))
+    raise RunError(f"{run_dir}: no checkpoint that verifies - restore the run directory from a copy, or start "
+                   "afresh with --overwrite")
 
 
 def _check_tensors(path: str, name: str, found: dict, expected: dict):
@@ -408,7 +432,7 @@ def restore_run(run_dir: str, student, optimizer, stream, config: dict, rank: in
     state = load_checkpoint(latest_checkpoint(run_dir), student, optimizer)
     stream.load_state_dict(state["data"])  # data.DataError when the position does not fit this data
     if rank == 0:
-        clean(run_dir)
+        clean(run_dir, config["keep_checkpoints"])
         truncate_metrics(run_dir, state["step"])
         saved = cli.read_json(os.path.join(run_dir, "config.json"))
         cli.write_json(os.path.join(run_dir, "config.json"), saved | locations(config))

@@ -328,7 +328,8 @@ def train(run: Run) -> bool:
             if (step + 1) % cfg.ckpt_every == 0 or step + 1 in (end, cfg.steps) or signal:
                 gather_optimizer(optimizer)  # every rank: AdamW's shards to rank 0, which writes
                 if run.rank == 0:
-                    ckpt.save_checkpoint(cfg.run_dir, step + 1, student, optimizer, {"data": run.stream.state_dict()})
+                    ckpt.save_checkpoint(cfg.run_dir, step + 1, student, optimizer, {"data": run.stream.state_dict()},
+                                         cfg.keep_checkpoints)
             if signal:
                 bar.close()
                 print(f"stopped by signal {signal} after step {step + 1}; continue with --resume", file=sys.stderr)

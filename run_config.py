@@ -37,8 +37,8 @@ from student import default_width
 
 PRESETS = {"red": dict(init="select", importance="red", kl_temperature=1.0, alpha=0.2),
            "lrc": dict(init="gaussian", kl_temperature=40.0, alpha=0.2)}
-MAY_CHANGE = ("steps", "stop_at", "eval_every", "ckpt_every", "eval_problems", "device", "kd_chunk", "recompute",
-              "step", "out")
+MAY_CHANGE = ("steps", "stop_at", "eval_every", "ckpt_every", "keep_checkpoints", "eval_problems", "device",
+              "kd_chunk", "recompute", "step", "out")
 
 
 @dataclass
@@ -74,6 +74,7 @@ class Config:
     val_windows: int = 32
     eval_every: int = 50
     ckpt_every: int = 100
+    keep_checkpoints: int = 1         # the newest checkpoints kept (older ones are what --skip-damaged falls back to)
     stop_at: int = 0                  # stop (checkpointed) after this step, the schedule still that of --steps
     eval_problems: int = 50
     seed: int = 0
@@ -131,6 +132,8 @@ def flag_parser() -> argparse.ArgumentParser:
     add("--val-windows", type=cli.int_at_least(1), help="held-out windows measured per validation (default 32)")
     add("--eval-every", type=cli.int_at_least(1), help="steps between validations (default 50)")
     add("--ckpt-every", type=cli.int_at_least(1), help="steps between checkpoints (default 100)")
+    add("--keep-checkpoints", type=cli.int_in(1, 1000), help="the newest checkpoints kept (default 1); with more, "
+                                                            "--resume --skip-damaged can fall back to an older one")
     add("--stop-at", type=cli.int_at_least(0), help="stop after this step with a checkpoint, the learning-rate "
                                                     "schedule still that of --steps; continue with --resume "
                                                     "(0, the default: run to --steps)")
@@ -143,6 +146,8 @@ def flag_parser() -> argparse.ArgumentParser:
     add("--run-dir", type=cli.path_name, help="checkpoints, metrics, config (default: <out>.run)")
     add("--resume", action="store_true", help="continue the run in --run-dir exactly where it stopped")
     add("--overwrite", action="store_true", help="replace an existing run and student instead of refusing")
+    add("--skip-damaged", action="store_true", help="with --resume: set damaged checkpoints aside (renamed "
+                                                    "damaged-checkpoint-N, kept) and resume from the newest sound one")
     return p
 
 
@@ -263,12 +268,16 @@ def open_run(given: dict, rank: int, world: int) -> tuple[Config, bool, object]:
     """The run's Config from the flags, checked before any work: --resume or --overwrite (not both), the paths
     (checkpoint.check_run_paths), then, on rank 0, --out and the run directory locked (checkpoint.claim) and the
     paths checked again under the locks, so that of two runs started together on one output the second is
-    refused; under --resume the newest checkpoint verified and its step within --steps; --fsdp and
+    refused; under --resume the newest checkpoint verified (or, --skip-damaged, the newest sound one) and its
+    step within --steps; --fsdp and
     --batch-size against the ranks. Then a torchrun launch joins its process group, each rank on its own GPU.
     Returns (cfg, resume, the run directory's lock: None on ranks > 0)."""
     resume, overwrite = given.pop("resume", False), given.pop("overwrite", False)
+    skip_damaged = given.pop("skip_damaged", False)
     if resume and overwrite:
         raise RunError("--resume continues a run and --overwrite replaces it - pass one of them")
+    if skip_damaged and not resume:
+        raise RunError("--skip-damaged chooses the checkpoint a run resumes from - add --resume")
     cfg = resolve_config(given, resume)
     files = [name for name, _ in map(parse_spec, cfg.data) if os.path.exists(name)]
     inputs = {"--teacher": [cfg.teacher, *checkpoint_files(cfg.teacher)], "--data": files,  # shards outside too
@@ -278,8 +287,8 @@ def open_run(given: dict, rank: int, world: int) -> tuple[Config, bool, object]:
     if rank == 0:
         lock = ckpt.claim(cfg.out, cfg.run_dir)
         ckpt.check_run_paths(cfg.out, cfg.run_dir, inputs, resume, overwrite)  # what another run did meanwhile
-    if resume:
-        step = ckpt.verify_checkpoint(ckpt.latest_checkpoint(cfg.run_dir))["step"]
+    if resume:  # rank 0 sets damaged checkpoints aside (--skip-damaged); every rank finds the same sound one
+        step = ckpt.sound_checkpoint(cfg.run_dir, skip_damaged, set_aside=rank == 0)["step"]
         if step > cfg.steps:
             raise RunError(f"{cfg.run_dir}: its newest checkpoint is at step {step}, past --steps {cfg.steps} - "
                            f"resume with --steps {step} or more")

@@ -132,6 +132,8 @@ def cases(w) -> list[tuple[str, list, str]]:
         ("run-dir a finished student, --overwrite", d("--run-dir", t / "run", "--overwrite"),
          "is not a red run directory"),
         ("run-dir the teacher, --overwrite", d("--run-dir", w["teacher"], "--overwrite"), "--teacher input"),
+        ("--skip-damaged on a fresh run", d("--skip-damaged"), "add --resume"),
+        ("--keep-checkpoints 0", d("--keep-checkpoints", "0"), "--keep-checkpoints"),
         # 2. --out on resume: never another model
         ("resume --out over another model", ["--run-dir", t / "half.run", "--out", t / "run", "--resume"],
          "holds a student this run did not write"),
@@ -221,6 +223,35 @@ def test_every_bit_flip_in_a_checkpoint_is_refused(world, tmp_path, capsys):
     code = run_main(["--out", tmp_path / "flip", "--resume", "--stop-at", "3"])  # intact, it resumes
     assert code == 0 and ckpt.latest_checkpoint(str(run)).endswith("checkpoint-00000003")
     print(f"\n{flips} flipped bits in {len(files)} files: every one refused")
+
+
+def test_skip_damaged_resumes_from_the_newest_sound_checkpoint(world, tmp_path, capsys):
+    """--keep-checkpoints 2 keeps an older checkpoint: a damaged newest one is refused with the older one named;
+    --skip-damaged sets it aside (kept, renamed) and resumes from the older, ending as the run that never broke."""
+    base = world["base"] + ["--steps", "4", "--ckpt-every", "1", "--keep-checkpoints", "2"]
+    assert run_main(base + ["--stop-at", "3", "--out", tmp_path / "broken"]) == 0
+    run = tmp_path / "broken.run"
+    assert sorted(p.name for p in run.iterdir() if p.name.startswith("checkpoint-")) == [
+        "checkpoint-00000002", "checkpoint-00000003"]  # the two newest
+    weights = run / "checkpoint-00000003" / "student.safetensors"
+    bad = bytearray(weights.read_bytes())
+    bad[len(bad) // 2] ^= 1
+    weights.write_bytes(bytes(bad))
+    capsys.readouterr()
+    assert run_main(["--out", tmp_path / "broken", "--resume"]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "damaged checkpoint" in lines[0] and \
+        "checkpoint-00000002 with --resume --skip-damaged" in lines[0], lines
+    assert run_main(["--out", tmp_path / "broken", "--resume", "--skip-damaged"]) == 0
+    assert (run / "damaged-checkpoint-00000003" / "student.safetensors").read_bytes() == bytes(bad)  # kept
+    assert run_main(base + ["--out", tmp_path / "whole"]) == 0
+    ends = [load_file(str(tmp_path / f"{name}.run" / "checkpoint-00000004" / "student.safetensors"))
+            for name in ("broken", "whole")]
+    assert ends[0].keys() == ends[1].keys() and all(torch.equal(ends[0][k], ends[1][k]) for k in ends[0])
+    steps = lambda name: [r["step"] for r in ckpt.read_metrics(str(tmp_path / f"{name}.run"))]
+    assert steps("broken") == steps("whole")  # the metrics of steps 3-4 redone once, not twice
+    assert sorted(p.name for p in run.iterdir() if p.name.startswith("checkpoint-")) == [
+        "checkpoint-00000003", "checkpoint-00000004"]
 
 
 def start(argv, **kwargs) -> subprocess.Popen:
