@@ -22,8 +22,8 @@ Safety: outputs never land on inputs (cli.check_outputs); an existing run needs 
 (run_config.MAY_CHANGE lists those that may); a first Ctrl-C / SIGTERM finishes the step, checkpoints and
 exits 130, a second one stops at once; checkpoints survive a kill at any instant (checkpoint.py).
 
-Builds on run_config.py, student.py, init_select.py, kd_loss.py, checkpoint.py, data.py, erank.py,
-eval_reasoning.py and cli.py. Run as:
+Builds on run_config.py, student.py, init_select.py, kd_loss.py, checkpoint.py, run_lock.py, data.py,
+erank.py, eval_reasoning.py and cli.py. Run as:
     python distill.py                                   (the example teacher, half width, on pydoc + problems)
     python distill.py --teacher DIR --width W [--data SOURCE ...] [--preset red|lrc] [--steps N] [--out DIR]
 """
@@ -47,6 +47,7 @@ from tqdm import tqdm
 
 import checkpoint as ckpt
 import eval_reasoning as er
+import run_lock
 from checkpoint import RunError
 from data import Batches, held_out, load_sources
 from erank import measure_model, spectrum_summary
@@ -387,7 +388,7 @@ def main(argv=None):
             if train(run):
                 finish(run)
         finally:
-            ckpt.release()
+            run_lock.release()
     if dist.is_initialized():
         dist.destroy_process_group()
 

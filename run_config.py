@@ -13,8 +13,8 @@ The teacher defaults to the example teacher, the width to half the teacher's, th
 locks on --out and the run directory, --fsdp and --batch-size against the ranks, the torchrun process group)
 before anything is loaded; `check_sizes` refuses batch sizes the data cannot fill.
 
-Builds on init_select.py (init flags), kd_loss.py (term names), checkpoint.py (the run directory's checks and
-lock), sources.py (which --data are files), load_weights.py, student.py and cli.py.
+Builds on init_select.py (init flags), kd_loss.py (term names), checkpoint.py (the run directory's checks),
+run_lock.py (its locks), sources.py (which --data are files), load_weights.py, student.py and cli.py.
 Run as: imported by distill.py (python distill.py --help lists every flag).
 """
 import argparse
@@ -28,6 +28,7 @@ import torch.distributed as dist
 
 import checkpoint as ckpt
 import cli
+import run_lock
 from checkpoint import RunError
 from init_select import KINDS, add_init_arguments
 from kd_loss import CLONE_LOSSES, CLONE_TERMS, KL_REDUCTIONS
@@ -266,7 +267,7 @@ def check_saved(saved: dict, run_dir: str) -> dict:
 
 def open_run(given: dict, rank: int, world: int) -> tuple[Config, bool, object]:
     """The run's Config from the flags, checked before any work: --resume or --overwrite (not both), the paths
-    (checkpoint.check_run_paths), then, on rank 0, --out and the run directory locked (checkpoint.claim) and the
+    (checkpoint.check_run_paths), then, on rank 0, --out and the run directory locked (run_lock.claim) and the
     paths checked again under the locks, so that of two runs started together on one output the second is
     refused; under --resume the newest checkpoint verified (or, --skip-damaged, the newest sound one) and its
     step within --steps; --fsdp and
@@ -285,7 +286,7 @@ def open_run(given: dict, rank: int, world: int) -> tuple[Config, bool, object]:
     ckpt.check_run_paths(cfg.out, cfg.run_dir, inputs, resume, overwrite)  # read-only: refused before any write
     lock = None
     if rank == 0:
-        lock = ckpt.claim(cfg.out, cfg.run_dir)
+        lock = run_lock.claim(cfg.out, cfg.run_dir)
         ckpt.check_run_paths(cfg.out, cfg.run_dir, inputs, resume, overwrite)  # what another run did meanwhile
     if resume:  # rank 0 sets damaged checkpoints aside (--skip-damaged); every rank finds the same sound one
         step = ckpt.sound_checkpoint(cfg.run_dir, skip_damaged, set_aside=rank == 0)["step"]

@@ -33,7 +33,8 @@ The data: the teacher's training problems (experiments/red_vs_lrc.py's synthetic
 (experiments/reasoning_teacher.py writes text_train.jsonl / text_heldout.jsonl beside the checkpoint).
 
 Builds on experiments/red_vs_lrc.py (arms, init files, measurement), experiments/plateau_report.py (tables, figures),
-distill.py (run as a user runs it, with --stop-at and --resume), student.py, erank.py, data.py, checkpoint.py.
+distill.py (run as a user runs it, with --stop-at and --resume), student.py, erank.py, data.py, checkpoint.py,
+run_lock.py.
 Run as:
     python experiments/plateau.py --teacher out/reasoning-teacher --out out/plateau [--resume] [--max-minutes 55]
     python experiments/plateau.py --report docs/records/teacher-b-3000-steps
@@ -52,6 +53,7 @@ from safetensors.torch import load_file
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import checkpoint as ckpt  # noqa: E402
 import cli  # noqa: E402
+import run_lock  # noqa: E402
 from experiments import red_vs_lrc as rvl  # noqa: E402
 from experiments.plateau_report import (arm_losses, by_run, read_rows, report, run_end, run_key,  # noqa: E402
                                         run_label, run_name, write_rows)
@@ -380,7 +382,7 @@ def open_experiment(args, fixed=FIXED, script="experiments/plateau.py"):
             cli.fail(f"--rates gives no rate for {', '.join(sorted(set(args.arms) - set(args.rates)))} - add ARM=LR "
                      "for each arm of --arms")
         try:  # one process per experiment: two would write the same points.csv
-            ckpt.lock(args.out)
+            run_lock.lock(args.out)
         except ckpt.RunError:
             cli.fail(f"--out {args.out}: another {script} is running this experiment - wait for it, or stop it "
                      "(the same command with --resume continues)")

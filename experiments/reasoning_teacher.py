@@ -22,7 +22,8 @@ The result is a plain HF directory (model.safetensors, config.json, tokenizer fi
 distill.py, erank.py and eval_reasoning.py all load.
 
 Builds on model.py, load_weights.py (hf_config, save_model), tokenizer.py, problems.py, eval_reasoning.py (the
-solution-only loss, evaluation), distill.py (get_lr) and checkpoint.py (the run directory). Run as:
+solution-only loss, evaluation), distill.py (get_lr), checkpoint.py and run_lock.py (the run directory).
+Run as:
     python experiments/reasoning_teacher.py --out out/reasoning-teacher [--minutes 60] [--text-fraction 0.25]
     python experiments/reasoning_teacher.py --out out/reasoning-teacher --steps 6000 --stop-at 3000   # then --resume
 """
@@ -42,6 +43,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import checkpoint as ckpt  # noqa: E402
 import cli  # noqa: E402
 import eval_reasoning as er  # noqa: E402
+import run_lock  # noqa: E402
 from distill import get_lr  # noqa: E402
 from data import cut_windows, tokenize_documents  # noqa: E402
 from erank import measure_model  # noqa: E402
@@ -230,7 +232,7 @@ def main():
         if args.stop_at and not args.steps:
             cli.fail("--stop-at needs --steps (a schedule fitted to --minutes is not known before it starts)")
         try:  # one process per run
-            ckpt.lock(run_dir)
+            run_lock.lock(run_dir)
         except ckpt.RunError:
             cli.fail(f"{run_dir}: another reasoning_teacher.py is training this run - wait for it, or choose another "
                      "--out")

@@ -2,7 +2,7 @@
 operation of a save always leaves a complete checkpoint, bit-for-bit the previous or the new one), leftovers are
 cleaned, metrics are cut back to the resumed step, and a run directory holds one process at a time.
 
-Builds on checkpoint.py, student.py and init_select.py, with conftest.py's tiny models.
+Builds on checkpoint.py, run_lock.py, student.py and init_select.py, with conftest.py's tiny models.
 Run as: pytest tests/test_checkpoint.py -q
 """
 import json
@@ -13,6 +13,7 @@ import pytest
 import torch
 
 import checkpoint as ckpt
+import run_lock
 from init_select import init_projections
 from load_weights import load_model
 from student import Student
@@ -116,18 +117,18 @@ def test_a_run_directory_holds_one_process(tmp_path):
     import subprocess
     import sys
     holder = subprocess.Popen([sys.executable, "-c", "import sys, time; sys.path.insert(0, sys.argv[1]); "
-                               "import checkpoint; checkpoint.lock(sys.argv[2]); print('locked', flush=True); "
+                               "import run_lock; run_lock.lock(sys.argv[2]); print('locked', flush=True); "
                                "time.sleep(60)", os.path.dirname(os.path.dirname(__file__)), str(tmp_path / "run")],
                               stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "locked"
         with pytest.raises(ckpt.RunError, match="another distill.py is using this run directory"):
-            ckpt.lock(str(tmp_path / "run"))
+            run_lock.lock(str(tmp_path / "run"))
     finally:
         holder.kill()
         holder.wait()
-    ckpt.lock(str(tmp_path / "run"))  # free again once the other process is gone
-    ckpt.release()
+    run_lock.lock(str(tmp_path / "run"))  # free again once the other process is gone
+    run_lock.release()
 
 
 def test_a_damaged_checkpoint_is_one_line(tiny_model, tmp_path):

@@ -284,7 +284,7 @@ def test_two_runs_on_one_out_one_is_refused(world, tmp_path, run_dirs):
 
 def test_a_held_out_lock_refuses_another_run_dir(world, tmp_path, capsys):
     holder = subprocess.Popen([sys.executable, "-c", "import sys, time; sys.path.insert(0, sys.argv[1]); "
-                               "import checkpoint; checkpoint.claim(sys.argv[2], sys.argv[3]); print('locked', "
+                               "import run_lock; run_lock.claim(sys.argv[2], sys.argv[3]); print('locked', "
                                "flush=True); time.sleep(60)", str(ROOT), str(tmp_path / "s"), str(tmp_path / "a")],
                               stdout=subprocess.PIPE, text=True)
     try:

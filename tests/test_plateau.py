@@ -18,6 +18,7 @@ import pytest
 
 import checkpoint as ckpt
 import eval_reasoning as er
+import run_lock
 from conftest import general_texts, make_tiny_teacher, read_csv
 from experiments.plateau import next_rate
 from experiments.schedule_bias import schedule_bias
@@ -198,7 +199,7 @@ def test_sweep_then_segmented_runs_measured_as_written(tmp_path):
     assert again.returncode == 2 and "--resume" in again.stderr and len(again.stderr.strip().splitlines()) == 1
     changed = run_plateau(*common[:-2], "--steps", 6, "--points", 2, "--out", out, "--resume", check=False)
     assert changed.returncode == 2 and "steps" in changed.stderr
-    held = ckpt.lock(str(out))  # as a running experiments/plateau.py holds it
+    held = run_lock.lock(str(out))  # as a running experiments/plateau.py holds it
     busy = run_plateau(*common, "--resume", check=False)
     assert busy.returncode == 2 and "another experiments/plateau.py" in busy.stderr, busy.stderr
     held.close()
