@@ -13,7 +13,7 @@ Where the packing puts bos itself (Llama 3), the bos the template writes first i
 document starts with one bos, as Hugging Face's apply_chat_template(tokenize=True) gives.
 
 Builds on problems.py (qa_text); the tokenizer it is handed is tokenizer.py's.
-Run as: imported by sources.py and parquet_source.py (python data.py --tokenizer DIR --data chats.jsonl packs
+Run as: imported by text_sources.py and parquet_source.py (python data.py --tokenizer DIR --data chats.jsonl packs
 such a file and prints what it holds).
 """
 from problems import qa_text
@@ -53,15 +53,15 @@ def chat_messages(turns, column: str) -> list[dict]:
 
 def chat_renderer(tokenizer):
     """messages -> the document text, through `tokenizer`'s chat template; a RowError when it has none."""
+    bos_id = getattr(tokenizer, "bos_id", None)  # the bos the packing puts itself (Llama 3), as text, once
+    packed_bos = tokenizer.decode([bos_id]) if getattr(tokenizer, "add_bos", False) and bos_id is not None else ""
+
     def render(messages: list[dict]) -> str:
         if getattr(tokenizer, "chat_format", None) is None:
             where = getattr(tokenizer, "source", "the tokenizer")
             raise RowError(f"a chat row, but {where} has no chat template of a family red knows (ChatML or Llama 3 "
                            "headers) - use an instruct checkpoint's tokenizer, or render the chats to text yourself")
-        text = tokenizer.chat(messages, add_generation_prompt=False)
-        if tokenizer.add_bos and tokenizer.bos_id is not None:  # the packing puts this bos itself
-            text = text.removeprefix(tokenizer.decode([tokenizer.bos_id]))
-        return text
+        return tokenizer.chat(messages, add_generation_prompt=False).removeprefix(packed_bos)
     return render
 
 

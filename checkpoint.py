@@ -171,15 +171,17 @@ def sound_checkpoint(run_dir: str, skip_damaged: bool, set_aside: bool) -> dict:
     """--resume: the state of the newest checkpoint that verifies (`verify_checkpoint`). A damaged newest one
     is refused, naming the older checkpoint --skip-damaged would resume from; with --skip-damaged each damaged
     one is passed over and, where `set_aside` (rank 0), renamed damaged-checkpoint-N: kept, never deleted."""
-    for step in checkpoint_steps(run_dir):
+    steps = checkpoint_steps(run_dir)
+    for n, step in enumerate(steps):
         path = checkpoint_dir(run_dir, step)
         try:
             return verify_checkpoint(path)
         except (RunError, OSError) as e:  # OSError: another rank set it aside meanwhile
             if not skip_damaged:
-                older = checkpoint_steps(run_dir)[1:2]
-                raise RunError(str(e) + (f"; or resume from its checkpoint-{older[0]:08d} with --resume "
-                                         "--skip-damaged" if older else "")) from None
+                advice = ""
+                if n + 1 < len(steps):  # an older checkpoint is kept (--keep-checkpoints)
+                    advice = f"; or resume from its checkpoint-{steps[n + 1]:08d} with --resume --skip-damaged"
+                raise RunError(str(e) + advice) from None
             if set_aside and os.path.isdir(path):
                 os.replace(path, os.path.join(run_dir, "damaged-" + os.path.basename(path)))
     raise RunError(f"{run_dir}: no checkpoint that verifies - restore the run directory from a copy, or start "

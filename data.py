@@ -95,23 +95,23 @@ def read_source(name: str, tokenizer, seq_len: int, *, seed: int = 0, teacher=No
                 fingerprint: str = "", text_column: str = "text", out: BinWriter | None = None,
                 workers: int = 0) -> tuple[np.ndarray, int | None]:
     """(token stream, document count or None) of one source, packed; checked to hold at least one window.
-    Text is tokenised on `workers` threads (tokenize_corpus.packed_chunks; 0: every core). With `out`, the
+    Text is tokenised by `workers` processes (tokenize_corpus.packed_chunks; 0: every core). With `out`, the
     stream is appended to that .bin as it is made and returned as a memory map of what was written."""
     check_source(name, text_column)
     if is_text_source(name):
-        counted = [0]  # documents, counted as the chunks pass
+        documents = 0  # counted as the chunks pass
 
         def text_chunks():
+            nonlocal documents
             work = source_work(name, tokenizer, seed=seed, text_column=text_column)
-            for ids, ended in packed_chunks(work, tokenizer, workers=workers):
-                counted[0] += ended
+            for ids, ended in packed_chunks(work, tokenizer, workers=workers):  # (n,) uint32, documents ended
+                documents += ended
                 yield ids
         if out is not None:
             tokens = out.extend(text_chunks())
         else:
             parts = list(text_chunks())
             tokens = np.concatenate(parts) if parts else np.zeros(0, dtype=np.uint32)
-        documents = counted[0]
         if not documents:
             raise DataError(f"{name}: no documents (only blank text) - remove it or fill it")
     else:  # ids already: teacher samples (self:N) or a token file, each a memory map
@@ -275,7 +275,7 @@ def main(argv=None):
     parser.add_argument("--seed", type=cli.int_at_least(0), default=0, help="seed of problems:N")
     parser.add_argument("--out", help="write every source's packed tokens, concatenated, to this .bin (streamed: "
                                       "memory stays flat whatever the corpus size)")
-    parser.add_argument("--workers", type=cli.int_at_least(0), default=0, help="threads that tokenise (default 0: "
+    parser.add_argument("--workers", type=cli.int_at_least(0), default=0, help="processes that tokenise (default 0: "
                                                                                "every core)")
     args = cli.parse_args(parser, argv)
     from tokenizer import TokenizerError, load_tokenizer

@@ -4,8 +4,8 @@ batches of rows, a .txt as pieces of about a MB, the built-in corpora as groups 
 Each work item is (function, arguments), and function(tokenizer, *arguments) gives the item's (text, starts a
 document, ends one) pieces, blank documents dropped. The reading that costs (UTF-8, JSON, chat templates, a
 parquet batch's values) thus runs where the encoding runs, in tokenize_corpus.py's worker processes, and the
-process that reads the files only cuts them into items of about WORK_BYTES: done there, the reading of .jsonl
-rows took a third of a core at two cores' encoding rate and held the GIL that the pool's own threads need.
+process that reads the files only cuts them into items of about WORK_BYTES (done there, the reading of .jsonl
+rows took a third of a core at two cores' encoding rate).
 A .txt is one document, read in pieces of TXT_BLOCK bytes cut after an ASCII letter followed by a space: where
 tokenizer.encode cuts long text itself (no piece of a pre-tokenizer straddles it, NFC composes nothing across
 it), so the pieces' ids are the whole file's, and a .txt larger than memory is read in flat memory too (text
