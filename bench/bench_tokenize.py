@@ -40,7 +40,7 @@ import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)  # bench/ scripts run as files (python bench/x.py)
-from problems import worked_problems  # noqa: E402
+from sources import builtin_documents  # noqa: E402
 from text_sources import WORK_BYTES, document_work  # noqa: E402
 from tokenize_corpus import cores, packed_chunks  # noqa: E402
 from tokenizer import load_tokenizer  # noqa: E402
@@ -50,8 +50,7 @@ MB = 1 << 20
 
 def documents(seed: int = 0) -> list[str]:
     """English technical text and worked arithmetic, shuffled: pydoc's topics and 4,000 problems."""
-    from pydoc_data.topics import topics
-    docs = [topics[k] for k in sorted(topics)] + worked_problems(4000, seed=seed)
+    docs = builtin_documents("pydoc", seed) + builtin_documents("problems:4000", seed)
     random.Random(seed).shuffle(docs)
     return docs
 
