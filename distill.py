@@ -191,9 +191,10 @@ def setup(given: dict) -> Run:
     # bf16 autocast for training on GPU; fp32 on CPU (no bf16 matmul hardware here: 6-300x slower)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if on_gpu else torch.autocast("cpu", enabled=False)
     teacher, tok, teacher_fp = load_teacher(cfg, resume)
+    from_file = init_from_file(cfg, teacher, teacher_fp, resume)  # refused before any data is read or sampled
     data, stream, val = load_data(cfg, tok, teacher, teacher_fp, rank, world)
-    check_sizes(cfg, stream.epoch_len, calibrates=not resume and not cfg.init.endswith(".safetensors"))
-    student, info = make_student(cfg, teacher, data, teacher_fp, resume)
+    check_sizes(cfg, stream.epoch_len, calibrates=not resume and from_file is None)
+    student, info = from_file or make_student(cfg, teacher, data, resume)
     student, step, fused = lean_or_plain(cfg, student, on_gpu)
     optimizer = make_optimizer(cfg, student, world, fused)
     if resume:
@@ -272,20 +273,24 @@ def load_data(cfg: Config, tok, teacher, teacher_fp: str, rank: int, world: int)
     return data, stream, (windows.to(cfg.device), sources, names)
 
 
-def make_student(cfg: Config, teacher, data, teacher_fp: str, resume: bool = False) -> tuple[Student, dict]:
-    """The step-0 student: from an init file, or computed by init_select on calibration windows drawn from the
-    training data (the same on every rank). Under --resume, zeros of its shapes that the checkpoint overwrites:
-    no init to compute, no init file needed any more."""
+def init_from_file(cfg: Config, teacher, teacher_fp: str, resume: bool) -> tuple[Student, dict] | None:
+    """The step-0 student of an init file (--init FILE.safetensors), or None for an init kind or under --resume."""
+    if resume or not cfg.init.endswith(".safetensors"):
+        return None
+    student, info = read_init(cfg.init, teacher, teacher_fp)
+    if student.args.dim != cfg.width:
+        raise RunError(f"{cfg.init} makes a width-{student.args.dim} student, --width is {cfg.width} - "
+                       "drop --width or make another init file")
+    return student, info
+
+
+def make_student(cfg: Config, teacher, data, resume: bool = False) -> tuple[Student, dict]:
+    """The step-0 student computed by init_select on calibration windows drawn from the training data (the same
+    on every rank). Under --resume, zeros of its shapes that the checkpoint overwrites: no init to compute."""
     if resume:
         proj_shapes, norm_shapes = state_shapes(teacher.args, cfg.width)
         zeros = lambda shapes: {name: torch.zeros(shape) for name, shape in shapes.items()}
         return Student(teacher, cfg.width, zeros(proj_shapes), zeros(norm_shapes)), {}
-    if cfg.init.endswith(".safetensors"):
-        student, info = read_init(cfg.init, teacher, teacher_fp)
-        if student.args.dim != cfg.width:
-            raise RunError(f"{cfg.init} makes a width-{student.args.dim} student, --width is {cfg.width} - "
-                           "drop --width or make another init file")
-        return student, info
     calib = Batches(data, cfg.n_calib, seed=cfg.seed + 1).next().to(cfg.device)  # (n_calib, T)
     projections, norms, info = init_projections(cfg.init, teacher, cfg.width, batches=calib.split(cfg.batch_size),
                                                 importance=cfg.importance, skip_first=cfg.skip_first,

@@ -130,6 +130,10 @@ def cases(w) -> list[tuple[str, object, list[str], str]]:
         ("unknown init", dm, d("--init", "svd"), "unknown init 'svd'"),
         ("init not an init file", dm, d("--init", str(t / "notes.safetensors")), "not an init file"),
         ("init for another width", dm, d("--init", str(t / "init.safetensors"), "--width", "48"), "width-32"),
+        ("init for another width, self:N data", dm, with_flag("--data", "self:16") + [
+            "--out", out, "--init", str(t / "init.safetensors"), "--width", "48"], "width-32"),  # before sampling
+        ("init for another teacher, self:N data", dm, [a if a != T else w["other"] for a in with_flag(
+            "--data", "self:16")] + ["--out", out, "--init", str(t / "init.safetensors")], "made for another teacher"),
         ("unknown clone term", dm, d("--clone-terms", "q,zz"), "unknown terms"),
         ("unknown reduction", dm, d("--kl-reduction", "mean"), "invalid choice"),
         ("unknown flag", dm, d("--bogus"), "unrecognized arguments"),
