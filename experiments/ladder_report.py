@@ -31,6 +31,7 @@ FITS = {"general_ppl": "general-text perplexity", "answer_nll": "answer NLL", "r
 COLLAPSE = 10.0   # points: the smallest RED lead read as the paper's collapse (docs/METHOD.md §4.5.1)
 DECIDES = ("lrc", "general_ppl", "strict")  # the decision's arm, fit and accuracy, fixed before any run
 BOOTSTRAP = 2000  # resamples of problems and seeds
+SEEDS = 3         # seeds the rule is read on; fewer give a provisional reading (docs/METHOD.md §4.5.1)
 CASES = {"collapse": "reproduces the paper's collapse", "smaller": "a smaller effect than the paper's",
          "none": "no collapse shown (the interval covers 0)", "reverse": "the reverse: {arm} reasons better than RED "
                                                                        "at equal fit"}
@@ -201,6 +202,7 @@ def decision(ends: dict, res: Resamples, kinds: dict) -> list[str]:
     else:
         lead, lo, hi = result
         words = CASES[case(lead, lo, hi)].format(arm=arm)
+        words = f"provisional, {len(found)} of {SEEDS} seeds: {words}" if len(found) < SEEDS else words
         verdict = (f"**{words[0].upper() + words[1:]}.** {what}: RED's lead {lead:+.1f} points, 95 % "
                    f"interval [{lo:+.1f}, {hi:+.1f}] ({total - len(missed)} of {total} {arm} ends bracketed by "
                    f"RED's ladder, {len(found)} seeds{f'; left out: {gaps}' if gaps else ''}).")
@@ -208,7 +210,8 @@ def decision(ends: dict, res: Resamples, kinds: dict) -> list[str]:
             f"The rule, fixed before any run: a RED lead of at least {COLLAPSE:g} points with its 95 % interval above "
             "0 reproduces the paper's collapse; a lead below that with the interval above 0 is a smaller effect than "
             "the paper's; an interval covering 0 shows no collapse; an interval below 0 is the reverse. It is read "
-            "once RED's ladder brackets an end in every seed; ends it does not bracket are left out. The other fits, "
+            f"once RED's ladder brackets an end in every seed, and is provisional on fewer than {SEEDS} seeds (its "
+            "interval then counts the problems but not the seeds' spread); ends it does not bracket are left out. The other fits, "
             "accuracies and arms below are read with the same words and decide nothing.", ""]
 
 

@@ -100,8 +100,15 @@ def test_the_report_says_which_case_the_record_falls_in(tmp_path):
     write_record(tmp_path / "planted", ends)
     report(str(tmp_path / "planted"))
     table = (tmp_path / "planted" / "ladder.md").read_text()
-    assert "**Reproduces the paper's collapse.** lrc at matched annealed general-text perplexity" in table
+    assert ("**Provisional, 2 of 3 seeds: reproduces the paper's collapse.** lrc at matched annealed general-text "
+            "perplexity") in table
     assert "2 of 2 lrc ends bracketed by RED's ladder, 2 seeds" in table
+    ends["red"][2] = [end(300, 2, 30.0, bernoulli(rng, 0.8)), end(600, 2, 20.0, bernoulli(rng, 0.8))]
+    ends["lrc"][2] = [end(1500, 2, 25.0, bernoulli(rng, 0.55))]
+    write_record(tmp_path / "three", ends)
+    report(str(tmp_path / "three"))
+    table = (tmp_path / "three" / "ladder.md").read_text()
+    assert "**Reproduces the paper's collapse.** lrc at matched annealed general-text perplexity" in table
     # a seed whose lrc end RED's ladder does not bracket: no decision yet, and which end lacks a rung
     ends["lrc"][1] = [end(1500, 1, 35.0, bernoulli(rng, 0.55))]
     write_record(tmp_path / "gap", ends)
