@@ -270,7 +270,8 @@ def open_run(given: dict, rank: int, world: int) -> tuple[Config, bool, object]:
     (checkpoint.check_run_paths), then, on rank 0, --out and the run directory locked (run_lock.claim) and the
     paths checked again under the locks, so that of two runs started together on one output the second is
     refused; under --resume the newest checkpoint verified (or, --skip-damaged, the newest sound one) and its
-    step within --steps; --fsdp and --batch-size against the ranks. Then a torchrun launch joins its process group, each rank on its own GPU.
+    step within --steps; --fsdp and --batch-size against the ranks. Then a torchrun launch joins its process
+    group, each rank on its own GPU.
     Returns (cfg, resume, the run directory's lock: None on ranks > 0)."""
     resume, overwrite = given.pop("resume", False), given.pop("overwrite", False)
     skip_damaged = given.pop("skip_damaged", False)

@@ -211,8 +211,8 @@ def decision(ends: dict, res: Resamples, kinds: dict) -> list[str]:
             "0 reproduces the paper's collapse; a lead below that with the interval above 0 is a smaller effect than "
             "the paper's; an interval covering 0 shows no collapse; an interval below 0 is the reverse. It is read "
             f"once RED's ladder brackets an end in every seed, and is provisional on fewer than {SEEDS} seeds (its "
-            "interval then counts the problems but not the seeds' spread); ends it does not bracket are left out. The other fits, "
-            "accuracies and arms below are read with the same words and decide nothing.", ""]
+            "interval then counts the problems but not the seeds' spread); ends it does not bracket are left out. "
+            "The other fits, accuracies and arms below are read with the same words and decide nothing.", ""]
 
 
 def ends_table(args, teacher: dict | None, ends: dict, kinds: dict) -> list[str]:
