@@ -17,7 +17,8 @@ back is trusted: `verify_checkpoint` checks every file against checksums.json an
 `load_checkpoint` every tensor's name, shape and finiteness, before anything is changed.
 
 distill.py's setup: `check_run_paths` and run_lock.claim (the locks, taken before the final check of the
-outputs) open the run; `restore_run` continues it from its newest checkpoint (--resume, after `check_same_teacher`),
+outputs) open the run; `restore_run` continues it from its newest checkpoint (--resume, after `check_same_teacher`
+and `check_same_data`),
 `start_run` begins one afresh and writes config.json last, so a run exists only once its step-0 checkpoint does.
 
 Builds on student.py (the state it saves), load_weights.py (fingerprints) and cli.py.
@@ -327,6 +328,18 @@ def check_same_teacher(run_dir: str, teacher: str, teacher_fp: str):
     if cli.read_json(os.path.join(run_dir, "config.json")).get("teacher_fingerprint") != teacher_fp:
         raise RunError(f"{teacher}: not the teacher this run was started with (its weights differ) - resume "
                        "with the run's teacher, or start a new run")
+
+
+def check_same_data(run_dir: str, specs: list[str], data_fps: list[str]):
+    """--resume: RunError unless every --data source holds the windows the run's config.json recorded when it
+    started (data.fingerprints: its ids, wherever the file now is). A run from before the record: not checked."""
+    recorded = cli.read_json(os.path.join(run_dir, "config.json")).get("data_fingerprints")
+    if recorded is None:
+        return
+    for spec, was, now in zip(specs, recorded, data_fps):
+        if was != now:
+            raise RunError(f"{spec}: not the data this run was started with (its token windows differ) - resume "
+                           "with the run's data, or start a new run")
 
 
 def locations(config: dict) -> dict:

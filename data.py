@@ -14,7 +14,8 @@ A source's WEIGHT is an upsampling factor: each epoch draws round(WEIGHT * train
 window twice, 0.5 = a fresh random half each epoch). Split: the last `val_fraction` of each source's windows
 are held out (at least one when it has two or more) and never trained on. Order: each epoch is a permutation
 of (source, window) pairs seeded by (seed, epoch); the position in that stream is two ints, so a checkpoint
-resumes exactly. Distributed: every rank walks the same global batches and keeps its contiguous slice of rows.
+resumes exactly, on the same windows (`fingerprints`: a sha256 of each source's ids, not of its path).
+Distributed: every rank walks the same global batches and keeps its contiguous slice of rows.
 
 Text is tokenised on every core (tokenize_corpus.py). `--out FILE.bin` streams the packed ids into FILE.bin,
 memory flat whatever the corpus size, and writes FILE.bin.json (dtype, id count, vocab size, documents, sources)
@@ -30,6 +31,7 @@ if __name__ == "__main__":
 
 import argparse
 import contextlib
+import hashlib
 import os
 from dataclasses import dataclass
 
@@ -249,6 +251,20 @@ class Batches:
             raise DataError(f"{damaged} (epoch {state['epoch']} must be >= 0 and cursor {state['cursor']} within "
                             f"the epoch's {self.epoch_len} windows)")
         self.epoch, self.cursor = state["epoch"], state["cursor"]
+
+
+def fingerprints(data: TokenData) -> list[str]:
+    """One sha256 per source of the windows it holds (trained on and held out, as little-endian uint32 ids): what
+    a run sees, whatever file or path it came from. A resumed run must see the same (distill.setup); read in
+    chunks of 16M ids, memory flat (about a second per GB of ids)."""
+    out = []
+    for source in data.sources:
+        digest = hashlib.sha256()
+        used = (source.n_train + source.n_val) * data.seq_len  # the last partial window is never seen
+        for at in range(0, used, 1 << 24):
+            digest.update(np.ascontiguousarray(source.tokens[at:min(used, at + (1 << 24))], dtype="<u4").tobytes())
+        out.append(digest.hexdigest())
+    return out
 
 
 def held_out(data: TokenData, limit: int | None = None) -> tuple[torch.Tensor, list[int]]:

@@ -18,9 +18,10 @@ big for one device: FSDP2's fully_shard splits each teacher block over the ranks
 runs; the student (small) stays whole on every rank.
 
 Safety: outputs never land on inputs (cli.check_outputs); an existing run needs --resume (continue) or
---overwrite (start afresh); --resume checks the teacher's fingerprint and every setting that may not change
-(run_config.MAY_CHANGE lists those that may); a first Ctrl-C / SIGTERM finishes the step, checkpoints and
-exits 130, a second one stops at once; checkpoints survive a kill at any instant (checkpoint.py).
+--overwrite (start afresh); --resume checks the teacher's and the data's fingerprints (their contents: either
+may have moved) and every setting that may not change (run_config.MAY_CHANGE lists those that may); a first
+Ctrl-C / SIGTERM finishes the step, checkpoints and exits 130, a second one stops at once; checkpoints survive a
+kill at any instant (checkpoint.py).
 
 Builds on run_config.py, student.py, init_select.py, kd_loss.py, checkpoint.py, run_lock.py, data.py,
 erank.py, eval_reasoning.py and cli.py. Run as:
@@ -49,7 +50,7 @@ import checkpoint as ckpt
 import eval_reasoning as er
 import run_lock
 from checkpoint import RunError
-from data import Batches, held_out, load_sources
+from data import Batches, fingerprints, held_out, load_sources
 from erank import measure_model, spectrum_summary
 from init_select import InitError, init_projections, read_init
 from kd_loss import CloneLoss, TeacherTargets, ce_loss, chunked_ce_kl, kl_loss, orthogonality_penalty
@@ -193,6 +194,9 @@ def setup(given: dict) -> Run:
     teacher, tok, teacher_fp = load_teacher(cfg, resume)
     from_file = init_from_file(cfg, teacher, teacher_fp, resume)  # refused before any data is read or sampled
     data, stream, val = load_data(cfg, tok, teacher, teacher_fp, rank, world)
+    data_fps = fingerprints(data)  # what the run reads, by content: a resumed run must read the same
+    if resume:
+        ckpt.check_same_data(cfg.run_dir, cfg.data, data_fps)
     check_sizes(cfg, stream.epoch_len, calibrates=not resume and from_file is None)
     student, info = from_file or make_student(cfg, teacher, data, resume)
     student, step, fused = lean_or_plain(cfg, student, on_gpu)
@@ -201,8 +205,8 @@ def setup(given: dict) -> Run:
         start = ckpt.restore_run(cfg.run_dir, student, optimizer, stream, dataclasses.asdict(cfg), rank)
     else:
         start = ckpt.start_run(cfg.run_dir, student, optimizer, stream, dataclasses.asdict(cfg) | {
-            "teacher_fingerprint": teacher_fp, "world_size": world, "teacher_args": vars(teacher.args),
-            "init_info": info}, rank)
+            "teacher_fingerprint": teacher_fp, "data_fingerprints": data_fps, "world_size": world,
+            "teacher_args": vars(teacher.args), "init_info": info}, rank)
     log = print if rank == 0 else (lambda *a, **k: None)
     log("config: " + json.dumps(dataclasses.asdict(cfg)))
     return Run(cfg, rank, world, teacher, tok, student, optimizer, stream, val, start, autocast, log, lock, step)

@@ -7,7 +7,8 @@ the defaults below < the preset (`--preset red`: select init with RED's importan
 MAY_CHANGE; flags not typed are taken from the run, so `python distill.py --out DIR --resume` continues it.
 The saved config.json is read as untrusted input: every field is checked (`check_saved`) as its flag would be.
 Paths are not settings: input paths are stored absolute, and a resumed run is the run directory this command
-names (moved or copied, it continues where it is, never where it was).
+names (moved or copied, it continues where it is, never where it was). The teacher and the data files are
+checked by their contents, so either may be named again where it now is (`moved_data`).
 The teacher defaults to the example teacher, the width to half the teacher's, the paths to out/<preset>-w<W>.
 `open_run` is a run's first act: the Config resolved and checked against the run directory and the launch (the
 locks on --out and the run directory, --fsdp and --batch-size against the ranks, the torchrun process group)
@@ -33,7 +34,7 @@ from checkpoint import RunError
 from init_select import KINDS, add_init_arguments
 from kd_loss import CLONE_LOSSES, CLONE_TERMS, KL_REDUCTIONS
 from load_weights import checkpoint_files, read_config
-from sources import column_name, parse_spec
+from sources import column_name, is_builtin, parse_spec
 from student import default_width
 
 PRESETS = {"red": dict(init="select", importance="red", kl_temperature=1.0, alpha=0.2),
@@ -174,12 +175,19 @@ def resolve_config(given: dict, resume: bool) -> Config:
     run_dir = given.get("run_dir") or given["out"].rstrip("/") + ".run"
     saved = {}
     if resume:  # before any work: a run directory with a checkpoint and a valid config.json, or one line
-        saved = check_saved(ckpt.read_run(run_dir), run_dir)
+        raw = ckpt.read_run(run_dir)
+        saved = check_saved(raw, run_dir)
+        by_content = ("teacher",) + (("data",) if "data_fingerprints" in raw and moved_data(given, saved) else ())
         changed = [f"--{k.replace('_', '-')} {given[k]} (the run has {saved[k]})" for k in given
-                   if k in saved and k not in MAY_CHANGE + LOCATIONS + ("teacher",) and given[k] != saved[k]]
+                   if k in saved and k not in MAY_CHANGE + LOCATIONS + by_content and given[k] != saved[k]]
         if changed:
             raise RunError(f"{run_dir}: resuming with {'; '.join(changed)} - only {', '.join(MAY_CHANGE)} may "
                            "change; drop the flag, or start a new run with another --out")
+        gone = [name for name, _ in map(parse_spec, saved.get("data", [])) if "data" not in given
+                and not (is_builtin(name) or glob.has_magic(name) or os.path.exists(name))]
+        if gone:
+            raise RunError(f"{gone[0]}: the run's data is not there any more - resume with --data naming the run's "
+                           "sources where they are now (their contents are checked)")
         if not given.get("out"):
             given = given | {"out": resumed_out(saved, run_dir)}
     preset = given.get("preset", saved.get("preset", "red"))
@@ -221,6 +229,17 @@ def resumed_out(saved: dict, run_dir: str) -> str:
     raise RunError(f"{run_dir}: the run was moved and where its student goes is not known - pass --out")
 
 
+def moved_data(given: dict, saved: dict) -> bool:
+    """--resume --data naming the run's sources where they are now: the same sources in the same order with the
+    same weights, only the files' paths differ (their contents are compared once read: checkpoint.check_same_data)."""
+    if "data" not in given or len(given["data"]) != len(saved["data"]):
+        return False
+    for (now, w_now), (was, w_was) in zip(map(parse_spec, given["data"]), map(parse_spec, saved["data"])):
+        if w_now != w_was or (is_builtin(now) or is_builtin(was)) and now != was:
+            return False
+    return True
+
+
 def check_saved(saved: dict, run_dir: str) -> dict:
     """A run's config.json checked field by field (the types of Config and the ranges and choices of the flags)
     before anything is built from it; returns the Config fields it holds, input paths absolute."""
@@ -259,6 +278,10 @@ def check_saved(saved: dict, run_dir: str) -> dict:
         except (argparse.ArgumentTypeError, ValueError) as e:
             raise bad(key, f"is out of range ({' '.join(str(e).split())[:80]})") from None
         fields[key] = value
+    sums = saved.get("data_fingerprints", [])  # (absent in a run from before the record)
+    if not (isinstance(sums, list) and all(isinstance(v, str) and v for v in sums)
+            and len(sums) == len(fields.get("data", sums))):
+        raise bad("data_fingerprints", "is not one fingerprint per --data source")
     return absolute_inputs(fields)
 
 

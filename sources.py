@@ -151,11 +151,16 @@ def builtin_documents(name: str, seed: int) -> list[str]:
     return worked_problems(int(name.split(":")[1]), seed=seed)
 
 
+def is_builtin(name: str) -> bool:
+    """Whether a source (a spec without its weight) is made by red: pydoc, problems:N or self:N, not a file."""
+    return name == "pydoc" or name.startswith(("self:", "problems:"))
+
+
 def check_source(name: str, text_column: str = "text"):
     """DataError unless `name` (a spec without its weight) is a built-in source or an existing, non-empty file
     of a known kind (parquet: every shard opened, its columns found): the checks a tool runs before it loads
     any model."""
-    if name.startswith(("self:", "problems:")) or name == "pydoc":
+    if is_builtin(name):
         return
     if is_parquet(name):
         return check_parquet(name, text_column, DataError)

@@ -3,7 +3,8 @@ folders and students as --run-dir, tampered state.json / config.json / tensors, 
 which must end with exit status 2, exactly one `error:` line and not one file changed; every bit of a checkpoint
 flipped in turn, detected; two runs started together on one --out, one refused; a signal in every phase, exit 130
 with the last complete output untouched; a full disk as safetensors reports it, one line; moved, copied and
-relative-path runs resumed where they are.
+relative-path runs resumed where they are; data checked by content (other data refused, moved or packed data
+named again accepted).
 
 Builds on distill.py, checkpoint.py, run_config.py and cli.py, with conftest.py's tiny teachers and
 test_cli.py's snapshot.
@@ -24,6 +25,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 import checkpoint as ckpt
+import data
 import distill
 import load_weights
 import run_config
@@ -65,6 +67,11 @@ def world(tmp_path_factory):
             "--batch-size", "4", "--n-calib", "4", "--eval-problems", "0", "--eval-every", "1000"]
     distill.main(base + ["--steps", "2", "--out", str(t / "run")])
     distill.main(base + ["--steps", "4", "--stop-at", "2", "--out", str(t / "half")])
+    (t / "other.txt").write_text(TEXT.swapcase())  # other text, a file of the same size
+    shutil.copy(t / "corpus.txt", t / "gone.txt")  # a run whose data file is then deleted
+    distill.main([a if a != str(t / "corpus.txt") else str(t / "gone.txt") for a in base] + [
+        "--steps", "4", "--stop-at", "2", "--out", str(t / "gone")])
+    (t / "gone.txt").unlink()
     (t / "mine").mkdir()  # a user's folder that happens to hold files named like a run's
     (t / "mine" / "metrics.jsonl").write_text("my measurements\n")
     (t / "mine" / "lock").write_text("my lock\n")
@@ -102,6 +109,7 @@ def world(tmp_path_factory):
         "config-a-list": config(lambda c: [c]),
         "config-unknown-preset": config(lambda c: c | {"preset": "fast"}),
         "config-data-empty": config(lambda c: c | {"data": []}),
+        "config-data-sums": config(lambda c: c | {"data_fingerprints": ["a", "b"]}),
         "config-deleted": lambda r: (r / "config.json").unlink(),
     }
     for name, change in {**tampered, **unsealed, **configs}.items():
@@ -168,6 +176,12 @@ def cases(w) -> list[tuple[str, list, str]]:
         ("config a list", resume("config-a-list"), "not a JSON object"),
         ("config unknown preset", resume("config-unknown-preset"), "preset 'fast'"),
         ("config no data", resume("config-data-empty"), "data []"),
+        ("config two data fingerprints for one source", resume("config-data-sums"), "one fingerprint per --data"),
+        # the data: checked by content, wherever it now is
+        ("resume on other data", resume("half", "--data", t / "other.txt"), "not the data this run was started"),
+        ("resume with the data weighted", resume("half", "--data", f"{t / 'corpus.txt'}:2"), "(the run has"),
+        ("resume with a source added", resume("half", "--data", t / "corpus.txt", "pydoc"), "(the run has"),
+        ("resume, the data file gone", resume("gone"), "the run's data is not there any more"),
         # 7, 8, 14. sizes and ranges, refused up front
         ("grad-accum 1e9", d("--grad-accum", "1000000000"), "--grad-accum"),
         ("batch-size 1e6", d("--batch-size", "1000000"), "--batch-size"),
@@ -394,6 +408,16 @@ def test_moved_copied_and_relative_runs_resume_where_they_are(world, tmp_path, c
     assert run_main(["--out", tmp_path / "copy" / "half", "--resume"]) == 0
     assert ckpt.latest_checkpoint(str(tmp_path / "copy" / "half.run")).endswith("checkpoint-00000004")
     assert (tmp_path / "copy" / "half").is_dir() and snapshot(world["root"]) == original
+    # its data moved, or packed into a .bin (the same ids): named again where it is now, checked by content
+    sums = lambda run: json.loads((run / "config.json").read_text())["data_fingerprints"]
+    shutil.copy(world["root"] / "corpus.txt", tmp_path / "renamed.txt")
+    assert exit_status(data.main, ["--tokenizer", world["teacher"], "--data", tmp_path / "renamed.txt",
+                                   "--seq-len", "32", "--out", tmp_path / "packed.bin"]) == 0
+    for name, moved in [("data-moved", tmp_path / "renamed.txt"), ("data-packed", tmp_path / "packed.bin")]:
+        shutil.copytree(half, tmp_path / f"{name}.run")
+        assert run_main(["--out", tmp_path / name, "--resume", "--data", moved, "--stop-at", "3"]) == 0
+        assert json.loads((tmp_path / f"{name}.run" / "config.json").read_text())["data"] == [str(moved)]
+        assert sums(tmp_path / f"{name}.run") == sums(half)
     # a moved run, resumed by its run directory alone, from another folder, with a relative path
     shutil.copytree(half, tmp_path / "moved" / "elsewhere.run")
     monkeypatch.chdir(tmp_path / "moved")
