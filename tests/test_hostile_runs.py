@@ -68,10 +68,12 @@ def world(tmp_path_factory):
     distill.main(base + ["--steps", "2", "--out", str(t / "run")])
     distill.main(base + ["--steps", "4", "--stop-at", "2", "--out", str(t / "half")])
     (t / "other.txt").write_text(TEXT.swapcase())  # other text, a file of the same size
-    shutil.copy(t / "corpus.txt", t / "gone.txt")  # a run whose data file is then deleted
-    distill.main([a if a != str(t / "corpus.txt") else str(t / "gone.txt") for a in base] + [
-        "--steps", "4", "--stop-at", "2", "--out", str(t / "gone")])
+    for name in ("gone", "edited"):  # runs whose data file is then deleted, or rewritten in place
+        shutil.copy(t / "corpus.txt", t / f"{name}.txt")
+        distill.main([a if a != str(t / "corpus.txt") else str(t / f"{name}.txt") for a in base] + [
+            "--steps", "4", "--stop-at", "2", "--out", str(t / name)])
     (t / "gone.txt").unlink()
+    (t / "edited.txt").write_text(TEXT.swapcase())
     (t / "mine").mkdir()  # a user's folder that happens to hold files named like a run's
     (t / "mine" / "metrics.jsonl").write_text("my measurements\n")
     (t / "mine" / "lock").write_text("my lock\n")
@@ -182,6 +184,7 @@ def cases(w) -> list[tuple[str, list, str]]:
         ("resume with the data weighted", resume("half", "--data", f"{t / 'corpus.txt'}:2"), "(the run has"),
         ("resume with a source added", resume("half", "--data", t / "corpus.txt", "pydoc"), "(the run has"),
         ("resume, the data file gone", resume("gone"), "the run's data is not there any more"),
+        ("resume, the data file rewritten", resume("edited"), "not the data this run was started"),
         # 7, 8, 14. sizes and ranges, refused up front
         ("grad-accum 1e9", d("--grad-accum", "1000000000"), "--grad-accum"),
         ("batch-size 1e6", d("--batch-size", "1000000"), "--batch-size"),
