@@ -6,6 +6,8 @@ memory, against a plain single-thread tiktoken loop and Hugging Face tokenizers'
 2. The same text in this process, side by side: the first --sample-mb of its documents, held in memory, encoded by
      red        tokenize_corpus.packed_chunks on every core (what data.py runs), bos/eos left out of the count
      tiktoken   a plain loop of Encoding.encode_ordinary, one thread (the same tiktoken Encoding)
+     encode     red's Tokenizer.encode in the same loop: what each call adds (added tokens split out, long texts
+                chunked, fd 2 silenced around tiktoken: QuietPanics)
      per core   the same loop in one process per core at once, each over its share: what the machine gives
                 the loop when every core is busy (a reference: on a VM two vCPUs may share a physical core)
      batch      tiktoken's own Encoding.encode_ordinary_batch on every core (a reference, not a baseline)
@@ -91,6 +93,7 @@ def same_text(tok, tokenizer_json: str, docs: list[str], threads: int, rounds: i
     hf = tokenizers.Tokenizer.from_file(tokenizer_json)
     encode_hf = getattr(hf, "encode_batch_fast", hf.encode_batch)
     ways = [("tiktoken loop", 1, lambda: [tok.encoding.encode_ordinary(d) for d in docs]),
+            ("red Tokenizer.encode loop (added tokens, chunks, QuietPanics)", 1, lambda: [tok.encode(d) for d in docs]),
             ("tiktoken loop, a process per core", threads, lambda: loop_per_core(tok, docs, threads)),
             ("red packed_chunks", threads,
              lambda: [ids for ids, _ in packed_chunks(document_work(docs, WORK_BYTES, marks=False), tok,
@@ -199,7 +202,7 @@ def main():
     rows = same_text(tok, os.path.join(args.tokenizer, "tokenizer.json"), sample, threads, args.rounds)
     del sample
     base = rows[0][2] / rows[0][3]  # the plain loop's tokens/s, on its one core
-    busy = rows[1][2] / rows[1][3] / threads  # the loop's tokens/s per core, every core busy
+    busy = rows[2][2] / rows[2][3] / threads  # the loop's tokens/s per core, every core busy
     print("\n| way | cores | Mtok/s | Mtok/s per core | Mtok per CPU-s | per core, vs the tiktoken loop | "
           "vs the loop on every core |")
     print("|---|---|---|---|---|---|---|")
