@@ -10,8 +10,7 @@ tiktoken-format `tokenizer.model` (Llama 3's `original/tokenizer.model`). Three 
   3. pre-tokenizer -> pat_str. HF's `Digits`, `Split` and `ByteLevel` steps run one after another; we
      write them as ONE regex that cuts text into the same pieces (tests compare against `tokenizers`).
 Added tokens (<|im_start|>, <|eot_id|>, ...) written inside the text become their ids, as in HF (empty ones are
-ignored, as in HF). A malformed field is one TokenizerError naming file and field; the regex is probed (PROBES),
-and one that gives up later, on some text, is the same one line (QuietPanics keeps tiktoken's panic text out).
+ignored, as in HF). A malformed field is one TokenizerError naming file and field; the regex is probed (PROBES).
 Builds on nothing else in red (floor 1); data.py, eval_reasoning.py and distill.py use it.
 Run as: imported (scripts/encode.py is a demo CLI: python scripts/encode.py --model DIR "text").
 """
@@ -21,7 +20,6 @@ import json
 import os
 import re
 import sys
-import threading
 import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,29 +48,6 @@ SAFE_CUT = re.compile(r"[A-Za-z](?= )")
 LONG_BLANK = re.compile(r"\s{500000}")
 SUPPORTED = "red reads byte-level BPE tokenizers (GPT-2, SmolLM2, Llama 3, Qwen2/2.5/3)"
 PROBES = [run * 300 + end for run in ("a", "1", " ", "\n", "!", "a1", "a ", "é") for end in ("", "!", "a", " ", "\n")]
-
-
-class QuietPanics:
-    """fd 2 pointed at /dev/null while any thread of this process is inside: a Rust panic (tiktoken's regex
-    engine giving up) prints lines of its own there, before Python sees the exception that becomes one error line.
-    Counted, so that threads encoding at once restore fd 2 once, when the last one leaves (~3 us a time)."""
-    lock, depth, saved, null = threading.Lock(), 0, None, None
-
-    def __enter__(self):
-        with QuietPanics.lock:
-            if QuietPanics.depth == 0:
-                sys.stderr.flush()  # what Python printed before goes out, not into /dev/null
-                QuietPanics.null = QuietPanics.null or os.open(os.devnull, os.O_WRONLY)
-                QuietPanics.saved = os.dup(2)
-                os.dup2(QuietPanics.null, 2)
-            QuietPanics.depth += 1
-
-    def __exit__(self, *exc):
-        with QuietPanics.lock:
-            QuietPanics.depth -= 1
-            if QuietPanics.depth == 0:
-                os.dup2(QuietPanics.saved, 2)
-                os.close(QuietPanics.saved)
 
 
 class TokenizerError(ValueError):
@@ -361,8 +336,15 @@ class Tokenizer:
         self._special_re = re.compile(f"({alternatives})") if alternatives else None
         # bytes without a token of their own (SmolLM2 has no b"\x04"): HF drops them, tiktoken would panic
         self._missing = bytes(sorted(set(range(256)) - {k[0] for k in ranks if len(k) == 1}))
-        for probe in PROBES:  # a regex that backtracks without end is refused now, not in the middle of a run
-            self._encode_chunk(probe)
+        saved, null = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, 2)  # a Rust panic prints lines of its own to fd 2: silenced while the probes run
+        os.close(null)
+        try:
+            for probe in PROBES:  # a regex that backtracks without end is refused now, not in the middle of a run
+                self._encode_chunk(probe)
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
 
     def encode(self, text: str, *, bos: bool = False, eos: bool = False) -> list[int]:
         """Text -> ids; added tokens in the text become their ids; bos/eos only if the tokenizer has them."""
@@ -390,13 +372,11 @@ class Tokenizer:
         """Text without added tokens -> ids; bytes the vocab lacks are dropped after splitting, as in HF."""
         try:
             if not self._lacks_bytes(text):
-                with QuietPanics():  # a regex that passed the probes may still give up on this text
-                    return self.encoding.encode_ordinary(text)
+                return self.encoding.encode_ordinary(text)
             ids = []
             for small in safe_chunks(text, size=100):  # keep the slow path to the few words around such a byte
                 if not self._lacks_bytes(small):
-                    with QuietPanics():
-                        ids.extend(self.encoding.encode_ordinary(small))
+                    ids.extend(self.encoding.encode_ordinary(small))
                     continue
                 # HF splits first, then drops the unknown bytes inside each piece and merges the rest; tiktoken
                 # cannot skip bytes, so split and merge here with the same regex and ranks

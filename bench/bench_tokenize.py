@@ -7,7 +7,7 @@ memory, against a plain single-thread tiktoken loop and Hugging Face tokenizers'
      red        tokenize_corpus.packed_chunks on every core (what data.py runs), bos/eos left out of the count
      tiktoken   a plain loop of Encoding.encode_ordinary, one thread (the same tiktoken Encoding)
      encode     red's Tokenizer.encode in the same loop: what each call adds (added tokens split out, long texts
-                chunked, fd 2 silenced around tiktoken: QuietPanics)
+                chunked, the check for bytes without a token)
      per core   the same loop in one process per core at once, each over its share: what the machine gives
                 the loop when every core is busy (a reference: on a VM two vCPUs may share a physical core)
      batch      tiktoken's own Encoding.encode_ordinary_batch on every core (a reference, not a baseline)
@@ -93,7 +93,7 @@ def same_text(tok, tokenizer_json: str, docs: list[str], threads: int, rounds: i
     hf = tokenizers.Tokenizer.from_file(tokenizer_json)
     encode_hf = getattr(hf, "encode_batch_fast", hf.encode_batch)
     ways = [("tiktoken loop", 1, lambda: [tok.encoding.encode_ordinary(d) for d in docs]),
-            ("red Tokenizer.encode loop (added tokens, chunks, QuietPanics)", 1, lambda: [tok.encode(d) for d in docs]),
+            ("red Tokenizer.encode loop", 1, lambda: [tok.encode(d) for d in docs]),
             ("tiktoken loop, a process per core", threads, lambda: loop_per_core(tok, docs, threads)),
             ("red packed_chunks", threads,
              lambda: [ids for ids, _ in packed_chunks(document_work(docs, WORK_BYTES, marks=False), tok,

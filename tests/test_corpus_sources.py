@@ -246,7 +246,8 @@ def test_bench_tokenize_runs_on_a_tiny_corpus(world, tmp_path):
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]
     rows = [line for line in result.stdout.splitlines() if line.startswith("| ")]
-    assert [r.split(" | ")[0] for r in rows[1:6]] == ["| tiktoken loop", "| tiktoken loop, a process per core",
+    assert [r.split(" | ")[0] for r in rows[1:7]] == ["| tiktoken loop", "| red Tokenizer.encode loop",
+                                                      "| tiktoken loop, a process per core",
                                                       "| red packed_chunks", "| tiktoken encode_ordinary_batch",
                                                       "| HF tokenizers encode_batch_fast"]
     assert "MB jsonl" in rows[-1] and "peak RSS of data.py" in result.stdout and not os.listdir(tmp_path)
