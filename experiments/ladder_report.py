@@ -372,8 +372,10 @@ def plot(out: str, ends: dict, res: Resamples, kinds: dict):
                 ax.annotate(f"{budget:,}", (xb, band[0]), fontsize=6, xytext=(3, 3), textcoords="offset points")
             ax.set(xscale="log", xlabel=f"{FITS[key]} (held out)", ylim=(-0.02, 1),
                    ylabel=f"accuracy, {kind[2]}")
-            for set_formatter in (ax.xaxis.set_major_formatter, ax.xaxis.set_minor_formatter):  # 22, not 2.2 x 10^1
-                set_formatter(plt.FuncFormatter(lambda v, _: f"{v:.3g}"))
+    plain = plt.FuncFormatter(lambda v, _: f"{v:.3g}")  # 22, not 2.2 x 10^1
+    for ax in axes:  # minor ticks labelled only on an axis within one decade: across more, they run together
+        ax.xaxis.set_major_formatter(plain)
+        ax.xaxis.set_minor_formatter(plain if ax.get_xlim()[1] / ax.get_xlim()[0] < 10 else plt.NullFormatter())
     fig.suptitle("annealed ends only: each budget's mean over seeds with its 95 % bootstrap band (problems and seeds)")
     save(fig, os.path.join(out, "ladder_fit.png"), axes[0])
 
