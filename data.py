@@ -257,12 +257,12 @@ def fingerprints(data: TokenData) -> list[str]:
     """One sha256 per source of the windows it holds (trained on and held out, as little-endian uint32 ids): what
     a run sees, whatever file or path it came from. A resumed run must see the same (distill.setup); read in
     chunks of 16M ids, memory flat (about a second per GB of ids)."""
-    out = []
+    out, chunk = [], 1 << 24
     for source in data.sources:
         digest = hashlib.sha256()
-        used = (source.n_train + source.n_val) * data.seq_len  # the last partial window is never seen
-        for at in range(0, used, 1 << 24):
-            digest.update(np.ascontiguousarray(source.tokens[at:min(used, at + (1 << 24))], dtype="<u4").tobytes())
+        ids = source.tokens[:(source.n_train + source.n_val) * data.seq_len]  # (windows * seq_len,): no partial one
+        for at in range(0, len(ids), chunk):
+            digest.update(np.ascontiguousarray(ids[at:at + chunk], dtype="<u4").tobytes())
         out.append(digest.hexdigest())
     return out
 

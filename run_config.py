@@ -235,7 +235,7 @@ def moved_data(given: dict, saved: dict) -> bool:
     if "data" not in given or len(given["data"]) != len(saved["data"]):
         return False
     for (now, w_now), (was, w_was) in zip(map(parse_spec, given["data"]), map(parse_spec, saved["data"])):
-        if w_now != w_was or (is_builtin(now) or is_builtin(was)) and now != was:
+        if w_now != w_was or ((is_builtin(now) or is_builtin(was)) and now != was):  # a file may move, pydoc not
             return False
     return True
 
@@ -280,7 +280,7 @@ def check_saved(saved: dict, run_dir: str) -> dict:
         fields[key] = value
     sums = saved.get("data_fingerprints", [])  # (absent in a run from before the record)
     if not (isinstance(sums, list) and all(isinstance(v, str) and v for v in sums)
-            and len(sums) == len(fields.get("data", sums))):
+            and len(sums) == len(fields.get("data", sums))):  # one per source (a config without data: nothing to count)
         raise bad("data_fingerprints", "is not one fingerprint per --data source")
     return absolute_inputs(fields)
 

@@ -201,8 +201,10 @@ def main():
           f"{args.rounds}:")
     rows = same_text(tok, os.path.join(args.tokenizer, "tokenizer.json"), sample, threads, args.rounds)
     del sample
-    base = rows[0][2] / rows[0][3]  # the plain loop's tokens/s, on its one core
-    busy = rows[2][2] / rows[2][3] / threads  # the loop's tokens/s per core, every core busy
+    by_name = {row[0]: row for row in rows}
+    tokens_per_s = lambda name: by_name[name][2] / by_name[name][3]
+    base = tokens_per_s("tiktoken loop")  # the plain loop's tokens/s, on its one core
+    busy = tokens_per_s("tiktoken loop, a process per core") / threads  # the loop's tokens/s per core, every core busy
     print("\n| way | cores | Mtok/s | Mtok/s per core | Mtok per CPU-s | per core, vs the tiktoken loop | "
           "vs the loop on every core |")
     print("|---|---|---|---|---|---|---|")
