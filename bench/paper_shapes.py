@@ -40,7 +40,7 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 from load_weights import load_model  # noqa: E402
-from tokenizer import bytes_to_unicode  # noqa: E402
+from tokenizer_files import bytes_to_unicode  # noqa: E402
 
 LLAMA_3_2_3B = {  # meta-llama/Llama-3.2-3B-Instruct config.json
     "architectures": ["LlamaForCausalLM"], "attention_bias": False, "attention_dropout": 0.0,

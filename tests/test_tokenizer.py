@@ -20,8 +20,8 @@ import tiktoken
 from tokenizers import AddedToken, Regex, Tokenizer as HFTokenizer
 from tokenizers import decoders, models, normalizers, pre_tokenizers, processors, trainers
 
-from tokenizer import (GPT2_PAT, GPT2_PAT_AFTER_DIGITS, LLAMA3_PAT, TokenizerError, bytes_to_unicode,
-                       load_tokenizer, safe_chunks)
+from tokenizer import TokenizerError, load_tokenizer, safe_chunks
+from tokenizer_files import GPT2_PAT, GPT2_PAT_AFTER_DIGITS, LLAMA3_PAT, bytes_to_unicode
 
 ROOT = Path(__file__).resolve().parent.parent
 # Qwen2's pre-tokenizer regex: Llama 3's, but numbers one digit at a time
@@ -227,6 +227,7 @@ def test_smollm2_ids_match_hf(example_teacher):
         assert tok.decode(tok.encode(line)) == kept
     # its configured bos is <|im_start|>, which its HF tokenizer never adds
     assert (tok.bos_id, tok.eos_id, tok.eos_ids, tok.vocab_size, tok.add_bos) == (1, 2, [2], 49152, False)
+    assert tok._ordinary == tok.encoding.encode_ordinary  # a family's regex: no QuietPanics around each call
 
 
 def test_llama3_style_ids_match_hf(trained):
@@ -235,6 +236,7 @@ def test_llama3_style_ids_match_hf(trained):
     tok = assert_same_ids(trained["llama3"], corpus)
     assert all(tok.decode(tok.encode(line)) == line for line in corpus)
     assert (tok.bos_id, tok.eos_id, tok.eos_ids, tok.vocab_size, tok.add_bos) == (0, 1, [1, 0], 1000, True)
+    assert tok._ordinary == tok.encoding.encode_ordinary  # a family's regex: no QuietPanics around each call
 
 
 def test_qwen2_style_ids_match_hf(trained):
@@ -245,6 +247,7 @@ def test_qwen2_style_ids_match_hf(trained):
     assert all(tok.decode(tok.encode(line)) == unicodedata.normalize("NFC", line) for line in corpus)
     assert tok.bos_id is None and tok.eos_id == 2 and not tok.add_bos
     assert tok.encode("1234") == [tok.encode(d)[0] for d in "1234"]  # [qwen] one digit per token
+    assert tok._ordinary == tok.encoding.encode_ordinary  # a family's regex: no QuietPanics around each call
 
 
 PRE_TOKENIZERS = {  # the other shapes tokenizer.py translates into one pat_str
@@ -269,6 +272,8 @@ def test_other_pre_tokenizers_match_hf(tmp_path, name):
     ours, ref = load_tokenizer(path), HFTokenizer.from_file(str(path / "tokenizer.json"))
     for line, enc in zip(corpus, ref.encode_batch(corpus, add_special_tokens=False)):
         assert ours.encode(line) == enc.ids, line
+    # GPT-2's regex and SmolLM2's digits shape are families' regexes; the others are encoded with QuietPanics
+    assert (ours._ordinary == ours.encoding.encode_ordinary) == (name in ("gpt2", "digit_runs"))
 
 
 def test_long_blank_runs(trained):
@@ -303,6 +308,7 @@ def test_tiktoken_model_format(trained, tmp_path):
     tok = load_tokenizer(tmp_path)
     first = 1000  # special tokens follow the last rank, as 128000 follows Llama 3's 128000 ranks
     assert (tok.bos_id, tok.eos_ids, tok.vocab_size) == (first, [first + 1, first + 9], first + 256)
+    assert tok._ordinary == tok.encoding.encode_ordinary
     remap = {0: first, 1: first + 9}  # the trained tokenizer's two special tokens, under their Llama 3 ids
     corpus = make_corpus(seed=5, n=1000, specials=("<|begin_of_text|>", "<|eot_id|>"))
     for line, enc in zip(corpus, ref.encode_batch(corpus, add_special_tokens=False)):
