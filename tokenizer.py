@@ -123,12 +123,11 @@ class Tokenizer:
         # bytes without a token of their own (SmolLM2 has no b"\x04"): HF drops them, tiktoken would panic
         self._missing = bytes(sorted(set(range(256)) - {k[0] for k in ranks if len(k) == 1}))
         # the families' regexes give up on no text that safe_chunks lets through (tests check them against HF);
-        # any other regex may, so tiktoken's panic text is kept out of sight on every call (~3 us each)
-        self._ordinary = (self.encoding.encode_ordinary if pat_str in FAMILY_PATS
-                          else quietly(self.encoding.encode_ordinary))
-        with QuietPanics():
-            for probe in PROBES:  # a regex that backtracks without end is refused now, not in the middle of a run
-                self._encode_chunk(probe)
+        # any other regex may, so tiktoken's panic text is kept out of sight on every call (~3-4 us each)
+        self._encode_ordinary = (self.encoding.encode_ordinary if pat_str in FAMILY_PATS
+                                 else quietly(self.encoding.encode_ordinary))
+        for probe in PROBES:  # a regex that backtracks without end is refused now, not in the middle of a run
+            self._encode_chunk(probe)
 
     def encode(self, text: str, *, bos: bool = False, eos: bool = False) -> list[int]:
         """Text -> ids; added tokens in the text become their ids; bos/eos only if the tokenizer has them."""
@@ -156,11 +155,11 @@ class Tokenizer:
         """Text without added tokens -> ids; bytes the vocab lacks are dropped after splitting, as in HF."""
         try:
             if not self._lacks_bytes(text):
-                return self._ordinary(text)
+                return self._encode_ordinary(text)
             ids = []
             for small in safe_chunks(text, size=100):  # keep the slow path to the few words around such a byte
                 if not self._lacks_bytes(small):
-                    ids.extend(self._ordinary(small))
+                    ids.extend(self._encode_ordinary(small))
                     continue
                 # HF splits first, then drops the unknown bytes inside each piece and merges the rest; tiktoken
                 # cannot skip bytes, so split and merge here with the same regex and ranks

@@ -107,6 +107,17 @@ def ranks_from_bpe(path: Path, model: dict, added_ids: set[int]) -> dict[bytes, 
 # ------------------------------------------------------------------------------------------------------
 # pre-tokenizer -> one pat_str
 
+def split_gap(pattern: str) -> str:
+    """A regex for the gaps between `pattern`'s matches: runs of positions where the pattern cannot start."""
+    # tiktoken drops text its regex does not match, while HF's Split keeps those gaps as pieces
+    return f"(?:(?!(?:{pattern}))[\\s\\S])+"
+
+
+def split_isolated(pattern: str) -> str:
+    """Split(pattern, Isolated) as one regex: matches and the gaps between them are both pieces."""
+    return f"{pattern}|{split_gap(pattern)}"
+
+
 def split_pat(path: Path, step: dict) -> str:
     """HF Split(pattern, behavior, invert) -> a regex whose matches are exactly Split's pieces."""
     need(isinstance(p := step.get("pattern"), dict) and isinstance(p.get("Regex", p.get("String")), str), path,
@@ -114,14 +125,11 @@ def split_pat(path: Path, step: dict) -> str:
     # a String pattern is a literal: escape the characters that mean something in a regex
     pattern = step["pattern"].get("Regex") or re.sub(r"[\\.^$|?*+()\[\]{}]", lambda m: "\\" + m.group(),
                                                      step["pattern"]["String"])
-    # tiktoken drops text its regex does not match, while Split keeps the gaps between matches as pieces.
-    # A gap is a run of positions where the pattern cannot start, which is what this alternative matches.
-    gap = f"(?:(?!(?:{pattern}))[\\s\\S])+"
     behavior, invert = step.get("behavior"), step.get("invert", False)
     if behavior == "Isolated":  # matches and gaps are both pieces, so `invert` changes nothing
-        return f"{pattern}|{gap}"
+        return split_isolated(pattern)
     if behavior == "Removed":  # the removed side is simply never matched
-        return pattern if invert else gap
+        return pattern if invert else split_gap(pattern)
     raise TokenizerError(f"{path}: Split behavior {behavior} is not supported - {SUPPORTED}")
 
 
@@ -270,14 +278,9 @@ def read_bos_eos(directory: Path, config: dict, ranks: dict[bytes, int], special
 # the regexes of the families red supports, as pat_from_pre_tokenizer writes them; tokenizer.py encodes with
 # any other regex with tiktoken's panic text kept out of sight, in case it gives up on some text
 
-def _isolated(pattern: str) -> str:
-    """The pat_str of Split(pattern, Isolated) + ByteLevel(use_regex=false), as Llama 3's and Qwen2's files have."""
-    return split_pat(Path("tokenizer.json"), {"pattern": {"Regex": pattern}, "behavior": "Isolated"})
-
-
 FAMILY_PATS = frozenset([
     GPT2_PAT,                                                                # GPT-2
     r"\p{N}|" + GPT2_PAT_AFTER_DIGITS, r"\p{N}+|" + GPT2_PAT_AFTER_DIGITS,    # SmolLM2: Digits, then GPT-2's
-    LLAMA3_PAT, _isolated(LLAMA3_PAT),                                       # Llama 3: tokenizer.model, .json
-    _isolated(QWEN2_PAT),                                                    # Qwen2/2.5/3
+    LLAMA3_PAT, split_isolated(LLAMA3_PAT),                                  # Llama 3: tokenizer.model, .json
+    split_isolated(QWEN2_PAT),                                               # Qwen2/2.5/3
 ])

@@ -227,7 +227,7 @@ def test_smollm2_ids_match_hf(example_teacher):
         assert tok.decode(tok.encode(line)) == kept
     # its configured bos is <|im_start|>, which its HF tokenizer never adds
     assert (tok.bos_id, tok.eos_id, tok.eos_ids, tok.vocab_size, tok.add_bos) == (1, 2, [2], 49152, False)
-    assert tok._ordinary == tok.encoding.encode_ordinary  # a family's regex: no QuietPanics around each call
+    assert tok._encode_ordinary == tok.encoding.encode_ordinary  # a family's regex: no QuietPanics around each call
 
 
 def test_llama3_style_ids_match_hf(trained):
@@ -236,7 +236,7 @@ def test_llama3_style_ids_match_hf(trained):
     tok = assert_same_ids(trained["llama3"], corpus)
     assert all(tok.decode(tok.encode(line)) == line for line in corpus)
     assert (tok.bos_id, tok.eos_id, tok.eos_ids, tok.vocab_size, tok.add_bos) == (0, 1, [1, 0], 1000, True)
-    assert tok._ordinary == tok.encoding.encode_ordinary  # a family's regex: no QuietPanics around each call
+    assert tok._encode_ordinary == tok.encoding.encode_ordinary  # a family's regex: no QuietPanics around each call
 
 
 def test_qwen2_style_ids_match_hf(trained):
@@ -247,7 +247,7 @@ def test_qwen2_style_ids_match_hf(trained):
     assert all(tok.decode(tok.encode(line)) == unicodedata.normalize("NFC", line) for line in corpus)
     assert tok.bos_id is None and tok.eos_id == 2 and not tok.add_bos
     assert tok.encode("1234") == [tok.encode(d)[0] for d in "1234"]  # [qwen] one digit per token
-    assert tok._ordinary == tok.encoding.encode_ordinary  # a family's regex: no QuietPanics around each call
+    assert tok._encode_ordinary == tok.encoding.encode_ordinary  # a family's regex: no QuietPanics around each call
 
 
 PRE_TOKENIZERS = {  # the other shapes tokenizer.py translates into one pat_str
@@ -273,7 +273,7 @@ def test_other_pre_tokenizers_match_hf(tmp_path, name):
     for line, enc in zip(corpus, ref.encode_batch(corpus, add_special_tokens=False)):
         assert ours.encode(line) == enc.ids, line
     # GPT-2's regex and SmolLM2's digits shape are families' regexes; the others are encoded with QuietPanics
-    assert (ours._ordinary == ours.encoding.encode_ordinary) == (name in ("gpt2", "digit_runs"))
+    assert (ours._encode_ordinary == ours.encoding.encode_ordinary) == (name in ("gpt2", "digit_runs"))
 
 
 def test_long_blank_runs(trained):
@@ -308,7 +308,7 @@ def test_tiktoken_model_format(trained, tmp_path):
     tok = load_tokenizer(tmp_path)
     first = 1000  # special tokens follow the last rank, as 128000 follows Llama 3's 128000 ranks
     assert (tok.bos_id, tok.eos_ids, tok.vocab_size) == (first, [first + 1, first + 9], first + 256)
-    assert tok._ordinary == tok.encoding.encode_ordinary
+    assert tok._encode_ordinary == tok.encoding.encode_ordinary
     remap = {0: first, 1: first + 9}  # the trained tokenizer's two special tokens, under their Llama 3 ids
     corpus = make_corpus(seed=5, n=1000, specials=("<|begin_of_text|>", "<|eot_id|>"))
     for line, enc in zip(corpus, ref.encode_batch(corpus, add_special_tokens=False)):
